@@ -1,0 +1,3 @@
+"""jit_ssh.broker: the bastion daemon (control plane and recording proxy)."""
+
+__all__: list[str] = []
