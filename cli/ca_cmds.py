@@ -22,9 +22,7 @@ DEFAULT_CA_DIR = Path("/etc/jit-ssh/ca")
 
 CaDirOption = Annotated[
     Path | None,
-    typer.Option(
-        "--ca-dir", help=f"CA directory [env {CA_DIR_ENV}; default {DEFAULT_CA_DIR}]", show_default=False
-    ),
+    typer.Option("--ca-dir", help=f"CA directory [env {CA_DIR_ENV}; default {DEFAULT_CA_DIR}]", show_default=False),
 ]
 JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON instead of text.")]
 
@@ -39,9 +37,7 @@ def resolve_ca_dir(option: Path | None) -> Path:
 @app.command("init")
 def init(
     directory: Annotated[Path, typer.Argument(help="Directory to create the three CA keys in.")],
-    key_type: Annotated[
-        KeyType, typer.Option("--key-type", help="Key type of the CA keys.")
-    ] = KeyType.ED25519,
+    key_type: Annotated[KeyType, typer.Option("--key-type", help="Key type of the CA keys.")] = KeyType.ED25519,
     insecure_no_passphrase: Annotated[
         bool,
         typer.Option(
@@ -71,8 +67,7 @@ def init(
                 "key_type": key_type.value,
                 "encrypted": not insecure_no_passphrase,
                 "keys": {
-                    role: {"public_key": k.to_openssh(), "fingerprint": k.fingerprint()}
-                    for role, k in keys.items()
+                    role: {"public_key": k.to_openssh(), "fingerprint": k.fingerprint()} for role, k in keys.items()
                 },
             }
         )
@@ -86,9 +81,7 @@ def init(
 
 @app.command("pubkey")
 def pubkey(
-    role: Annotated[
-        CARole, typer.Argument(help="Which CA: user (engineers' certs), access (hosts trust it), host.")
-    ],
+    role: Annotated[CARole, typer.Argument(help="Which CA: user (engineers' certs), access (hosts trust it), host.")],
     ca_dir: CaDirOption = None,
     as_json: JsonOption = False,
 ) -> None:
@@ -110,18 +103,14 @@ def _parse_serials(values: list[str]) -> list[int]:
         except ValueError as exc:
             raise InputError(f"expected a serial N or a range N-M, found {value[:40]!r}") from exc
         if not 0 < first <= last < 2**64 or last - first >= 1_000_000:
-            raise InputError(
-                f"serial range {value[:40]!r} is empty, out of 1..2**64-1, or over a million serials"
-            )
+            raise InputError(f"serial range {value[:40]!r} is empty, out of 1..2**64-1, or over a million serials")
         serials.extend(range(first, last + 1))
     return serials
 
 
 @app.command("krl")
 def krl(
-    output: Annotated[
-        Path, typer.Option("-o", "--output", help="Where to write the KRL (replaced atomically).")
-    ],
+    output: Annotated[Path, typer.Option("-o", "--output", help="Where to write the KRL (replaced atomically).")],
     serial: Annotated[
         list[str] | None, typer.Option("--serial", help="Revoked serial N or range N-M; repeatable.")
     ] = None,
@@ -144,10 +133,17 @@ def krl(
     data = result.to_bytes()
     write_atomic(output, data, mode=0o644)
     if as_json:
-        emit_json(
-            {"output": str(output), "ca": role.value, "serials": len(revoked), "key_ids": len(key_id or [])}
-        )
+        emit_json({"output": str(output), "ca": role.value, "serials": len(revoked), "key_ids": len(key_id or [])})
     else:
-        console.print(
-            f"Wrote {output}: {len(revoked)} serial(s), {len(key_id or [])} key id(s) of the {role.value} CA"
-        )
+        console.print(f"Wrote {output}: {len(revoked)} serial(s), {len(key_id or [])} key id(s) of the {role.value} CA")
+
+
+@app.command("known-hosts")
+def known_hosts(ca_dir: CaDirOption = None, as_json: JsonOption = False) -> None:
+    """Print the known_hosts line that trusts hosts (and the bastion) certified by the host CA."""
+    key = CADirectory(resolve_ca_dir(ca_dir)).public_key(CARole.HOST)
+    line = f"@cert-authority * {key.to_openssh('jit-ssh-host-ca')}"
+    if as_json:
+        emit_json({"known_hosts": line, "fingerprint": key.fingerprint()})
+    else:
+        typer.echo(line)

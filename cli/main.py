@@ -10,7 +10,7 @@ from typing import Annotated
 import typer
 from jit_ssh.ca import JitSshError
 
-from . import ca_cmds, demo
+from . import access_cmds, admin_cmds, ca_cmds, config_cmds, demo
 from .output import print_error
 
 __all__ = ["app", "run"]
@@ -23,7 +23,10 @@ app = typer.Typer(
     add_completion=True,
 )
 app.add_typer(ca_cmds.app, name="ca")
+app.add_typer(config_cmds.app, name="config")
 app.command("demo")(demo.demo)
+access_cmds.register(app)
+admin_cmds.register(app)
 
 
 def _version() -> str:

@@ -1,0 +1,147 @@
+"""The bastion's settings, from ``broker.toml`` (``--config`` or ``JIT_SSH_BROKER_CONFIG``).
+
+Relative paths are read relative to the config file's folder, so a config and its data travel
+together. Every key is checked; an unknown key is an error, since a typo must not silently fall back
+to a default.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+from jit_ssh.ca import ConfigError, InputError
+from jit_ssh.ca.validate import parse_duration
+
+from .notify import Webhook
+
+__all__ = ["CONFIG_ENV", "DEFAULT_CONFIG", "BrokerConfig"]
+
+CONFIG_ENV = "JIT_SSH_BROKER_CONFIG"
+DEFAULT_CONFIG = Path("/etc/jit-ssh/broker.toml")
+_BROKER_KEYS = frozenset(
+    {
+        "listen",
+        "host_names",
+        "data_dir",
+        "recordings_dir",
+        "database_url",
+        "ca_dir",
+        "policy",
+        "pending_timeout",
+        "host_key",
+        "log_level",
+    }
+)
+
+
+def _split_listen(value: str, where: str) -> tuple[str, int]:
+    host, sep, port = value.rpartition(":")
+    if not sep or not port.isdigit() or not 0 <= int(port) < 65536:
+        raise ConfigError(f"{where}: listen: expected ADDRESS:PORT such as 0.0.0.0:2222, found {value!r}")
+    return host.strip("[]") or "0.0.0.0", int(port)  # noqa: S104 - a bastion listens on all interfaces
+
+
+@dataclass(frozen=True, slots=True)
+class BrokerConfig:
+    """Validated broker settings."""
+
+    path: Path | None
+    listen_host: str = "127.0.0.1"
+    listen_port: int = 2222
+    host_names: tuple[str, ...] = ("localhost", "127.0.0.1")
+    data_dir: Path = Path("/var/lib/jit-ssh")
+    recordings_dir: Path = Path("/var/lib/jit-ssh/recordings")
+    database_url: str = ""
+    ca_dir: Path = Path("/etc/jit-ssh/ca")
+    policy: Path = Path("/etc/jit-ssh/policy.toml")
+    pending_timeout: timedelta = timedelta(hours=1)
+    host_key: Path = Path("/var/lib/jit-ssh/ssh_host_ed25519_key")
+    log_level: str = "INFO"
+    webhooks: tuple[Webhook, ...] = field(default=())
+
+    @property
+    def store_url(self) -> str:
+        return self.database_url or f"sqlite:///{self.data_dir / 'jit-ssh.db'}"
+
+    @classmethod
+    def locate(cls, option: Path | None) -> Path:
+        if option is not None:
+            return option
+        env = os.environ.get(CONFIG_ENV)
+        return Path(env) if env else DEFAULT_CONFIG
+
+    @classmethod
+    def load(cls, path: Path) -> BrokerConfig:
+        try:
+            text = path.read_text(encoding="utf-8")
+        except FileNotFoundError as exc:
+            raise ConfigError(f"broker config {path} does not exist (use --config or {CONFIG_ENV})") from exc
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ConfigError(f"cannot read broker config {path}: {exc}") from exc
+        try:
+            data = tomllib.loads(text)
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"{path}: {exc}") from exc
+        return cls.from_mapping(data, path=path)
+
+    @classmethod
+    def from_mapping(cls, data: Mapping[str, Any], *, path: Path | None) -> BrokerConfig:
+        where = str(path) if path else "broker config"
+        base = path.parent.resolve() if path else Path.cwd()
+        unknown = set(data) - {"broker", "webhook"}
+        if unknown:
+            raise ConfigError(f"{where}: unknown table or key {sorted(unknown)[0]!r} (expected [broker], [[webhook]])")
+        table = data.get("broker", {})
+        if not isinstance(table, dict):
+            raise ConfigError(f"{where}: [broker] must be a table")
+        bad = set(table) - _BROKER_KEYS
+        if bad:
+            raise ConfigError(f"{where}: [broker] has unknown key {sorted(bad)[0]!r}")
+
+        def text(key: str, default: str) -> str:
+            value = table.get(key, default)
+            if not isinstance(value, str):
+                raise ConfigError(f"{where}: [broker] {key}: expected a string, found {type(value).__name__}")
+            return value
+
+        def path_of(key: str, default: Path) -> Path:
+            value = Path(text(key, str(default))).expanduser()
+            return value if value.is_absolute() else base / value
+
+        host, port = _split_listen(text("listen", "127.0.0.1:2222"), where)
+        data_dir = path_of("data_dir", Path("/var/lib/jit-ssh"))
+        names = table.get("host_names", [host, "localhost", "127.0.0.1"])
+        if not isinstance(names, list) or not all(isinstance(n, str) and n for n in names):
+            raise ConfigError(f"{where}: [broker] host_names: expected a list of names")
+        try:
+            pending = parse_duration(text("pending_timeout", "1h"))
+        except InputError as exc:
+            raise ConfigError(f"{where}: [broker] pending_timeout: {exc}") from exc
+        hooks_raw = data.get("webhook", [])
+        if not isinstance(hooks_raw, list):
+            raise ConfigError(f"{where}: webhook must be an array of tables ([[webhook]])")
+        hooks = tuple(Webhook.from_config(h, where=f"{where} [[webhook]] #{i + 1}") for i, h in enumerate(hooks_raw))
+        level = text("log_level", "INFO").upper()
+        if level not in ("DEBUG", "INFO", "WARNING", "ERROR"):
+            raise ConfigError(f"{where}: [broker] log_level: expected DEBUG, INFO, WARNING or ERROR, found {level!r}")
+        return cls(
+            path=path,
+            listen_host=host,
+            listen_port=port,
+            host_names=tuple(dict.fromkeys(n for n in names if n not in ("0.0.0.0", "::"))),  # noqa: S104
+            data_dir=data_dir,
+            recordings_dir=path_of("recordings_dir", data_dir / "recordings"),
+            database_url=text("database_url", ""),
+            ca_dir=path_of("ca_dir", Path("/etc/jit-ssh/ca")),
+            policy=path_of("policy", Path("/etc/jit-ssh/policy.toml")),
+            pending_timeout=pending,
+            host_key=path_of("host_key", data_dir / "ssh_host_ed25519_key"),
+            log_level=level,
+            webhooks=hooks,
+        )

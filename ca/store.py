@@ -1,0 +1,305 @@
+"""The store: who may have what, as sqlmodel tables, on SQLite (WAL) or PostgreSQL by URL.
+
+Every call must stay correct when several brokers share one database, so each write runs in one
+transaction that takes its locks up front: ``BEGIN IMMEDIATE`` on SQLite (one writer at a time, the
+others wait on ``busy_timeout``) and ``SELECT ... FOR UPDATE`` on the counter rows on PostgreSQL.
+Times are stored as UTC epoch seconds (floats), which mean the same on both databases.
+
+Schema versions are kept in ``schema_meta``; :data:`MIGRATIONS` upgrades an older database in one
+transaction and a newer one is refused, so an upgrade never loses data. (Alembic would bring an
+environment and revision files for what is, so far, a short list of forward-only DDL steps.)
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import Engine, UniqueConstraint, event, inspect
+from sqlalchemy.exc import IntegrityError, OperationalError, SQLAlchemyError
+from sqlmodel import Field, Session, SQLModel, create_engine, select
+
+from .errors import StoreError
+
+__all__ = [
+    "SCHEMA_VERSION",
+    "AccessRequest",
+    "Approval",
+    "AuditEvent",
+    "Counter",
+    "Host",
+    "IssuedCertificate",
+    "RecordedSession",
+    "Store",
+    "User",
+    "UserKey",
+    "dumps",
+    "loads",
+]
+
+
+def dumps(value: Any) -> str:
+    return json.dumps(value, sort_keys=True, separators=(",", ":"))
+
+
+def loads(value: str) -> Any:
+    return json.loads(value)
+
+
+class User(SQLModel, table=True):
+    __tablename__ = "users"
+    name: str = Field(primary_key=True, max_length=64)
+    groups_json: str = "[]"
+    disabled: bool = False
+    created_at: float
+
+    @property
+    def groups(self) -> list[str]:
+        groups: list[str] = loads(self.groups_json)
+        return groups
+
+
+class UserKey(SQLModel, table=True):
+    __tablename__ = "user_keys"
+    fingerprint: str = Field(primary_key=True, max_length=64)
+    user: str = Field(foreign_key="users.name", index=True, max_length=64)
+    public_key: str
+    added_at: float
+
+
+class Host(SQLModel, table=True):
+    __tablename__ = "hosts"
+    name: str = Field(primary_key=True, max_length=253)
+    address: str = Field(max_length=253)
+    port: int = 22
+    labels_json: str = "{}"
+    #: A pinned host public key; None means the host is verified by its host certificate.
+    host_key: str | None = None
+    created_at: float
+
+    @property
+    def labels(self) -> dict[str, str]:
+        labels: dict[str, str] = loads(self.labels_json)
+        return labels
+
+
+class AccessRequest(SQLModel, table=True):
+    __tablename__ = "requests"
+    id: int | None = Field(default=None, primary_key=True)
+    requester: str = Field(index=True, max_length=64)
+    hosts_json: str
+    login: str = Field(max_length=32)
+    duration_s: int
+    reason: str
+    ticket: str | None = None
+    state: str = Field(index=True, max_length=16)
+    break_glass: bool = False
+    auto_approved: bool = False
+    review_required: bool = False
+    # The policy decision at request time: what an approval must satisfy and what the grant allows.
+    rules_json: str = "[]"
+    approvals_required: int = 1
+    approver_groups_json: str = "[]"
+    extensions_json: str = "[]"
+    max_duration_s: int
+    requested_start: float | None = None
+    created_at: float
+    decided_at: float | None = None
+    decided_by: str | None = None
+    decision_note: str | None = None
+    starts_at: float | None = None
+    expires_at: float | None = None
+
+    @property
+    def hosts(self) -> list[str]:
+        hosts: list[str] = loads(self.hosts_json)
+        return hosts
+
+
+class Approval(SQLModel, table=True):
+    __tablename__ = "approvals"
+    __table_args__ = (UniqueConstraint("request_id", "approver"),)
+    id: int | None = Field(default=None, primary_key=True)
+    request_id: int = Field(foreign_key="requests.id", index=True)
+    approver: str = Field(max_length=64)
+    comment: str | None = None
+    created_at: float
+
+
+class IssuedCertificate(SQLModel, table=True):
+    __tablename__ = "certificates"
+    serial: int = Field(primary_key=True, sa_column_kwargs={"autoincrement": False})
+    request_id: int = Field(foreign_key="requests.id", index=True)
+    ca_role: str = Field(max_length=16)
+    key_id: str
+    key_fingerprint: str = Field(max_length=64)
+    principals_json: str
+    valid_after: int
+    valid_before: int = Field(index=True)
+    revoked: bool = False
+    session_id: str | None = None
+    created_at: float
+
+
+class RecordedSession(SQLModel, table=True):
+    __tablename__ = "sessions"
+    id: str = Field(primary_key=True, max_length=64)
+    request_id: int = Field(foreign_key="requests.id", index=True)
+    user: str = Field(index=True, max_length=64)
+    host: str = Field(max_length=253)
+    login: str = Field(max_length=32)
+    started_at: float
+    ended_at: float | None = None
+    recording_path: str | None = None
+    recording_size: int | None = None
+    recording_sha256: str | None = None
+    exit_status: int | None = None
+
+
+class AuditEvent(SQLModel, table=True):
+    __tablename__ = "audit_events"
+    seq: int = Field(primary_key=True, sa_column_kwargs={"autoincrement": False})
+    time: float
+    actor: str
+    action: str = Field(index=True)
+    subject: str
+    details_json: str
+    prev_hash: str
+    hash: str
+
+
+class Counter(SQLModel, table=True):
+    """Named monotonic counters (certificate serials, the audit chain's head)."""
+
+    __tablename__ = "counters"
+    name: str = Field(primary_key=True, max_length=32)
+    value: int = 0
+    text_value: str | None = None
+
+
+class SchemaMeta(SQLModel, table=True):
+    __tablename__ = "schema_meta"
+    key: str = Field(primary_key=True, max_length=32)
+    value: str
+
+
+SCHEMA_VERSION = 1
+#: Steps from version N-1 to N, each run in the upgrade's one transaction. Version 1 is the base.
+MIGRATIONS: dict[int, Callable[[Session], None]] = {}
+
+
+class Store:
+    """A database of jit-ssh's state. ``url`` is an SQLAlchemy URL or a path to an SQLite file."""
+
+    def __init__(self, url: str | Path) -> None:
+        self.url = _as_url(url)
+        self.is_sqlite = self.url.startswith("sqlite")
+        try:
+            self.engine = self._make_engine()
+            self._upgrade()
+        except SQLAlchemyError as exc:
+            raise StoreError(f"cannot open the database {self._shown_url()}: {_reason(exc)}") from exc
+
+    def _shown_url(self) -> str:
+        # Never print a password from a PostgreSQL URL.
+        head, sep, tail = self.url.partition("@")
+        return self.url if not sep else head.split("://")[0] + "://...@" + tail
+
+    def _make_engine(self) -> Engine:
+        if not self.is_sqlite:
+            return create_engine(self.url, pool_pre_ping=True)
+        engine = create_engine(self.url, connect_args={"check_same_thread": False, "timeout": 30})
+
+        @event.listens_for(engine, "connect")
+        def _on_connect(dbapi_connection: Any, _record: Any) -> None:
+            # Let SQLAlchemy's "begin" below start transactions, as BEGIN IMMEDIATE.
+            dbapi_connection.isolation_level = None
+            cursor = dbapi_connection.cursor()
+            cursor.execute("PRAGMA journal_mode=WAL")
+            cursor.execute("PRAGMA synchronous=NORMAL")
+            cursor.execute("PRAGMA foreign_keys=ON")
+            cursor.execute("PRAGMA busy_timeout=30000")
+            cursor.close()
+
+        @event.listens_for(engine, "begin")
+        def _on_begin(connection: Any) -> None:
+            # Take the write lock at the start: two brokers can then never both read the same
+            # counter value, and nobody meets SQLITE_BUSY half-way through a transaction.
+            connection.exec_driver_sql("BEGIN IMMEDIATE")
+
+        return engine
+
+    def _upgrade(self) -> None:
+        with self.transaction() as session:
+            tables = set(inspect(session.connection()).get_table_names())
+            if "schema_meta" not in tables:
+                if tables - {"schema_meta"}:
+                    raise StoreError(f"database {self._shown_url()} has tables but no jit-ssh schema version")
+                SQLModel.metadata.create_all(session.connection())
+                session.add(SchemaMeta(key="version", value=str(SCHEMA_VERSION)))
+                return
+            row = session.get(SchemaMeta, "version")
+            version = int(row.value) if row else 0
+            if version > SCHEMA_VERSION:
+                raise StoreError(
+                    f"database schema version {version} is newer than this jit-ssh understands "
+                    f"({SCHEMA_VERSION}); upgrade jit-ssh instead"
+                )
+            for step in range(version + 1, SCHEMA_VERSION + 1):
+                MIGRATIONS[step](session)
+            if row is not None and version != SCHEMA_VERSION:
+                row.value = str(SCHEMA_VERSION)
+                session.add(row)
+
+    @contextmanager
+    def transaction(self) -> Iterator[Session]:
+        """One write transaction: committed if the block succeeds, rolled back if it raises."""
+        session = Session(self.engine, expire_on_commit=False)
+        try:
+            with session.begin():
+                yield session
+        except IntegrityError as exc:
+            raise StoreError(f"the database refused a conflicting change: {_reason(exc)}") from exc
+        except OperationalError as exc:
+            raise StoreError(f"database error: {_reason(exc)}") from exc
+        finally:
+            session.close()
+
+    def lock_counter(self, session: Session, name: str) -> Counter:
+        """The counter row ``name``, locked for this transaction (created at 0 if missing)."""
+        statement = select(Counter).where(Counter.name == name)
+        if not self.is_sqlite:
+            statement = statement.with_for_update()
+        row = session.exec(statement).first()
+        if row is None:
+            row = Counter(name=name, value=0)
+            session.add(row)
+            session.flush()
+            if not self.is_sqlite:
+                row = session.exec(select(Counter).where(Counter.name == name).with_for_update()).one()
+        return row
+
+    def next_serial(self, session: Session) -> int:
+        """A certificate serial never handed out before, by this or any other broker."""
+        counter = self.lock_counter(session, "serial")
+        counter.value += 1
+        session.add(counter)
+        return counter.value
+
+    def dispose(self) -> None:
+        self.engine.dispose()
+
+
+def _as_url(url: str | Path) -> str:
+    text_url = str(url)
+    if "://" in text_url:
+        return text_url
+    return f"sqlite:///{Path(text_url).resolve()}"
+
+
+def _reason(exc: SQLAlchemyError) -> str:
+    orig = getattr(exc, "orig", None)
+    return " ".join(str(orig if orig is not None else exc).split())[:300]

@@ -1,0 +1,617 @@
+"""The lifecycle of access: the one module that moves requests between states.
+
+``pending → approved → expired | revoked`` and ``pending → denied | cancelled | timed_out``. Every
+transition writes its audit event in the same transaction as the change, and every refusal of a
+security decision is audited too, in a transaction of its own. Listeners (webhooks) hear about a
+transition only after it committed.
+"""
+
+from __future__ import annotations
+
+import enum
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from sqlmodel import Session, col, select
+
+from .audit import append_event
+from .certs import Certificate, mint_user_certificate
+from .errors import AccessDenied, GrantExpired, InputError, JitSshError, StoreError
+from .keys import PublicKey
+from .policy import AccessQuery, Decision, HostInfo, Policy
+from .signer import Signer
+from .store import AccessRequest, Approval, Host, IssuedCertificate, Store, User, dumps, loads
+from .validate import check_hostname, check_login, format_duration, target_principal
+
+__all__ = ["MAX_REASON", "MAX_TICKET", "Authority", "RequestState", "RequestView"]
+
+MAX_REASON = 500
+MAX_TICKET = 64
+MAX_HOSTS = 32
+MAX_COMMENT = 500
+DEFAULT_PENDING_TIMEOUT = timedelta(hours=1)
+
+Listener = Callable[[str, Mapping[str, Any]], None]
+
+
+class RequestState(enum.StrEnum):
+    PENDING = "pending"
+    APPROVED = "approved"
+    DENIED = "denied"
+    CANCELLED = "cancelled"
+    TIMED_OUT = "timed_out"
+    EXPIRED = "expired"
+    REVOKED = "revoked"
+
+
+_FINAL = frozenset(
+    {
+        RequestState.DENIED,
+        RequestState.CANCELLED,
+        RequestState.TIMED_OUT,
+        RequestState.EXPIRED,
+        RequestState.REVOKED,
+    }
+)
+
+
+@dataclass(frozen=True, slots=True)
+class RequestView:
+    """A request as callers see it (a snapshot; the store stays the truth)."""
+
+    id: int
+    requester: str
+    hosts: tuple[str, ...]
+    login: str
+    duration: timedelta
+    reason: str
+    ticket: str | None
+    state: RequestState
+    break_glass: bool
+    auto_approved: bool
+    review_required: bool
+    approvals_required: int
+    approver_groups: tuple[str, ...]
+    extensions: tuple[str, ...]
+    rules: tuple[str, ...]
+    created_at: float
+    decided_at: float | None
+    decided_by: str | None
+    decision_note: str | None
+    starts_at: float | None
+    expires_at: float | None
+    approvals: tuple[tuple[str, str | None, float], ...] = field(default=())
+
+    @property
+    def principals(self) -> tuple[str, ...]:
+        return tuple(target_principal(self.login, host) for host in self.hosts)
+
+    def active(self, now: float) -> bool:
+        return (
+            self.state is RequestState.APPROVED
+            and self.starts_at is not None
+            and self.expires_at is not None
+            and self.starts_at <= now < self.expires_at
+        )
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "requester": self.requester,
+            "hosts": list(self.hosts),
+            "login": self.login,
+            "principals": list(self.principals),
+            "duration": format_duration(self.duration),
+            "reason": self.reason,
+            "ticket": self.ticket,
+            "state": self.state.value,
+            "break_glass": self.break_glass,
+            "auto_approved": self.auto_approved,
+            "review_required": self.review_required,
+            "approvals_required": self.approvals_required,
+            "approver_groups": list(self.approver_groups),
+            "extensions": list(self.extensions),
+            "rules": list(self.rules),
+            "created_at": self.created_at,
+            "decided_at": self.decided_at,
+            "decided_by": self.decided_by,
+            "decision_note": self.decision_note,
+            "starts_at": self.starts_at,
+            "expires_at": self.expires_at,
+            "approvals": [{"approver": a, "comment": c, "at": t} for a, c, t in self.approvals],
+        }
+
+
+def _text(value: str, *, name: str, limit: int, required: bool) -> str | None:
+    cleaned = " ".join(value.split()) if value else ""
+    if not cleaned:
+        if required:
+            raise InputError(f"a {name} is required")
+        return None
+    if len(cleaned) > limit:
+        raise InputError(f"{name} is {len(cleaned)} characters long; at most {limit}")
+    if not cleaned.isprintable():
+        raise InputError(f"{name} contains control characters")
+    return cleaned
+
+
+class Authority:
+    """Requests, approvals, grants and certificates, under one policy, in one store."""
+
+    def __init__(
+        self,
+        store: Store,
+        policy: Policy,
+        *,
+        user_ca: Signer | None = None,
+        clock: Callable[[], float] = time.time,
+        pending_timeout: timedelta = DEFAULT_PENDING_TIMEOUT,
+    ) -> None:
+        self.store = store
+        self.policy = policy
+        self.user_ca = user_ca
+        self.clock = clock
+        self.pending_timeout = pending_timeout
+        self.listeners: list[Listener] = []
+
+    # -- helpers ---------------------------------------------------------------------------------
+    def _notify(self, event: str, payload: Mapping[str, Any]) -> None:
+        for listener in self.listeners:
+            listener(event, payload)
+
+    def _refuse(self, actor: str, action: str, subject: str, error: JitSshError) -> JitSshError:
+        """Audit a refused decision (in its own transaction) and hand the error back for raising."""
+        try:
+            with self.store.transaction() as session:
+                append_event(
+                    self.store, session, actor=actor, action=f"{action}.refused", subject=subject,
+                    details={"reason": error.message}, moment=self.clock(),
+                )  # fmt: skip
+        except StoreError:
+            pass  # the refusal stands even if it could not be written down
+        return error
+
+    def _user(self, session: Session, name: str) -> User:
+        user = session.get(User, name)
+        if user is None:
+            raise AccessDenied(f"unknown user {name!r}")
+        if user.disabled:
+            raise AccessDenied(f"user {name!r} is disabled")
+        return user
+
+    def _groups(self, user: User) -> frozenset[str]:
+        return self.policy.groups_of(user.name, user.groups)
+
+    def _row(self, session: Session, request_id: int) -> AccessRequest:
+        if not isinstance(request_id, int) or request_id <= 0:
+            raise InputError(f"expected a request id (a positive number), found {request_id!r}")
+        row = session.get(AccessRequest, request_id)
+        if row is None:
+            raise InputError(f"no request {request_id}")
+        self._lapse(session, row, self.clock())
+        return row
+
+    def _lapse(self, session: Session, row: AccessRequest, now: float) -> None:
+        """Move a request whose time has run out to timed_out or expired (audited)."""
+        if row.state == RequestState.PENDING and now >= row.created_at + self.pending_timeout.total_seconds():
+            self._transition(session, row, RequestState.TIMED_OUT, actor="jit-ssh", now=now)
+        elif row.state == RequestState.APPROVED and row.expires_at is not None and now >= row.expires_at:
+            self._transition(session, row, RequestState.EXPIRED, actor="jit-ssh", now=now)
+
+    def _transition(
+        self,
+        session: Session,
+        row: AccessRequest,
+        state: RequestState,
+        *,
+        actor: str,
+        now: float,
+        note: str | None = None,
+        details: Mapping[str, Any] | None = None,
+    ) -> None:
+        previous = row.state
+        row.state = state.value
+        if state not in (RequestState.EXPIRED,):
+            row.decided_at = now
+            row.decided_by = actor
+            row.decision_note = note
+        session.add(row)
+        append_event(
+            self.store,
+            session,
+            actor=actor,
+            action=f"request.{state.value}",
+            subject=f"request:{row.id}",
+            details={"from": previous, **({"note": note} if note else {}), **dict(details or {})},
+            moment=now,
+        )
+
+    def _view(self, session: Session, row: AccessRequest) -> RequestView:
+        approvals = session.exec(
+            select(Approval).where(Approval.request_id == row.id).order_by(col(Approval.created_at))
+        ).all()
+        if row.id is None:  # pragma: no cover - rows are flushed before they are viewed
+            raise StoreError("request has no id yet")
+        return RequestView(
+            id=row.id,
+            requester=row.requester,
+            hosts=tuple(row.hosts),
+            login=row.login,
+            duration=timedelta(seconds=row.duration_s),
+            reason=row.reason,
+            ticket=row.ticket,
+            state=RequestState(row.state),
+            break_glass=row.break_glass,
+            auto_approved=row.auto_approved,
+            review_required=row.review_required,
+            approvals_required=row.approvals_required,
+            approver_groups=tuple(loads(row.approver_groups_json)),
+            extensions=tuple(loads(row.extensions_json)),
+            rules=tuple(loads(row.rules_json)),
+            created_at=row.created_at,
+            decided_at=row.decided_at,
+            decided_by=row.decided_by,
+            decision_note=row.decision_note,
+            starts_at=row.starts_at,
+            expires_at=row.expires_at,
+            approvals=tuple((a.approver, a.comment, a.created_at) for a in approvals),
+        )
+
+    def _payload(self, view: RequestView, actor: str, **extra: Any) -> dict[str, Any]:
+        return {
+            "request_id": view.id,
+            "requester": view.requester,
+            "hosts": list(view.hosts),
+            "login": view.login,
+            "duration": format_duration(view.duration),
+            "reason": view.reason,
+            "ticket": view.ticket,
+            "actor": actor,
+            **extra,
+        }
+
+    def _resolve_hosts(
+        self, session: Session, hosts: Sequence[str], selector: Mapping[str, str] | None
+    ) -> list[HostInfo]:
+        rows: list[Host] = []
+        if selector:
+            for row in session.exec(select(Host).order_by(col(Host.name))):
+                if all(row.labels.get(k) == v for k, v in selector.items()):
+                    rows.append(row)
+            if not rows:
+                labels = ",".join(f"{k}={v}" for k, v in sorted(selector.items()))
+                raise InputError(f"no enrolled host has the labels {labels}")
+        for name in hosts:
+            check_hostname(name)
+            found = session.get(Host, name)
+            if found is None:
+                raise InputError(f"unknown host {name!r}: enroll it with 'jit-ssh host add'")
+            if found not in rows:
+                rows.append(found)
+        if not rows:
+            raise InputError("name at least one host (or a label selector)")
+        if len(rows) > MAX_HOSTS:
+            raise InputError(f"{len(rows)} hosts in one request; at most {MAX_HOSTS}")
+        return [HostInfo(name=r.name, labels=r.labels) for r in rows]
+
+    # -- requests --------------------------------------------------------------------------------
+    def create_request(
+        self,
+        *,
+        requester: str,
+        hosts: Sequence[str] = (),
+        selector: Mapping[str, str] | None = None,
+        login: str,
+        duration: timedelta,
+        reason: str,
+        ticket: str | None = None,
+        start: datetime | None = None,
+        extensions: Iterable[str] = (),
+        break_glass: bool = False,
+    ) -> RequestView:
+        """File a request; the policy decides whether it waits for approval or is granted at once."""
+        check_login(login)
+        clean_reason = _text(reason, name="reason", limit=MAX_REASON, required=True)
+        clean_ticket = _text(ticket or "", name="ticket", limit=MAX_TICKET, required=False)
+        if duration <= timedelta(0):
+            raise InputError("duration must be positive")
+        now = self.clock()
+        start_at = None
+        if start is not None:
+            if start.tzinfo is None:
+                raise InputError("start time needs a time zone")
+            start_at = start.timestamp()
+            if start_at > now + 7 * 86400:
+                raise InputError("start time is more than 7 days ahead")
+        try:
+            with self.store.transaction() as session:
+                user = self._user(session, requester)
+                host_infos = self._resolve_hosts(session, hosts, selector)
+                decision = self.policy.evaluate(
+                    AccessQuery(
+                        user=requester,
+                        groups=self._groups(user),
+                        hosts=tuple(host_infos),
+                        login=login,
+                        duration=duration,
+                        extensions=frozenset(extensions),
+                        break_glass=break_glass,
+                    )
+                )
+                if not decision.allowed:
+                    raise AccessDenied("policy refuses: " + "; ".join(decision.reasons))
+                row = AccessRequest(
+                    requester=requester,
+                    hosts_json=dumps([h.name for h in host_infos]),
+                    login=login,
+                    duration_s=int(duration.total_seconds()),
+                    reason=clean_reason or "",
+                    ticket=clean_ticket,
+                    state=RequestState.PENDING.value,
+                    break_glass=decision.break_glass,
+                    review_required=decision.break_glass,
+                    rules_json=dumps(list(decision.rules)),
+                    approvals_required=decision.approvals_required,
+                    approver_groups_json=dumps(sorted(decision.approver_groups)),
+                    extensions_json=dumps(sorted(decision.extensions)),
+                    max_duration_s=int(decision.max_duration.total_seconds()),
+                    requested_start=start_at,
+                    created_at=now,
+                )
+                session.add(row)
+                session.flush()
+                append_event(
+                    self.store, session, actor=requester, action="request.created", subject=f"request:{row.id}",
+                    details={"hosts": row.hosts, "login": login, "duration_s": row.duration_s,
+                             "reason": row.reason, "ticket": row.ticket, "rules": list(decision.rules)},
+                    moment=now,
+                )  # fmt: skip
+                granted = self._grant_without_approval(session, row, decision, now)
+                view = self._view(session, row)
+        except AccessDenied as exc:
+            raise self._refuse(requester, "request.create", "request:new", exc) from None
+        self._notify("request.created", self._payload(view, requester))
+        if granted:
+            event = "breakglass.used" if view.break_glass else "request.approved"
+            self._notify(event, self._payload(view, "policy"))
+        return view
+
+    def _grant_without_approval(self, session: Session, row: AccessRequest, decision: Decision, now: float) -> bool:
+        if not (decision.auto_approve or decision.break_glass) or decision.approvals_required:
+            return False
+        row.auto_approved = decision.auto_approve
+        self._start_grant(row, now)
+        why = "break-glass rule" if decision.break_glass else "auto-approve rule"
+        self._transition(
+            session, row, RequestState.APPROVED, actor="policy", now=now,
+            note=f"{why} {', '.join(decision.rules)}", details={"break_glass": decision.break_glass},
+        )  # fmt: skip
+        return True
+
+    @staticmethod
+    def _start_grant(row: AccessRequest, now: float) -> None:
+        row.starts_at = max(now, row.requested_start or now)
+        row.expires_at = row.starts_at + row.duration_s
+
+    def approve(self, request_id: int, *, approver: str, comment: str | None = None) -> RequestView:
+        """Record ``approver``'s approval; the grant starts when the required number is reached."""
+        note = _text(comment or "", name="comment", limit=MAX_COMMENT, required=False)
+        try:
+            with self.store.transaction() as session:
+                now = self.clock()
+                row = self._row(session, request_id)
+                view = self._view(session, row)
+                user = self._user(session, approver)
+                self._check_approver(view, approver, self._groups(user))
+                if any(a == approver for a, _, _ in view.approvals):
+                    raise AccessDenied(f"{approver} has already approved request {request_id}")
+                session.add(Approval(request_id=request_id, approver=approver, comment=note, created_at=now))
+                append_event(
+                    self.store, session, actor=approver, action="request.approval", subject=f"request:{request_id}",
+                    details={"comment": note, "count": len(view.approvals) + 1, "required": view.approvals_required},
+                    moment=now,
+                )  # fmt: skip
+                session.flush()
+                approvers = {
+                    a.approver for a in session.exec(select(Approval).where(Approval.request_id == request_id))
+                }
+                approvers.discard(row.requester)  # belt and braces: never counted, whatever the table says
+                granted = len(approvers) >= max(1, row.approvals_required)
+                if granted:
+                    self._start_grant(row, now)
+                    self._transition(session, row, RequestState.APPROVED, actor=approver, now=now, note=note)
+                view = self._view(session, row)
+        except (AccessDenied, InputError) as exc:
+            raise self._refuse(approver, "request.approve", f"request:{request_id}", exc) from None
+        if granted:
+            self._notify("request.approved", self._payload(view, approver, comment=note))
+        return view
+
+    def _check_approver(self, view: RequestView, approver: str, groups: frozenset[str]) -> None:
+        if view.state is not RequestState.PENDING:
+            raise AccessDenied(f"request {view.id} is {view.state.value}, not pending")
+        if approver == view.requester:
+            raise AccessDenied("you cannot approve your own request")
+        if not groups & set(view.approver_groups):
+            allowed = ", ".join(view.approver_groups) or "nobody"
+            raise AccessDenied(f"{approver} may not approve request {view.id}: approvers are {allowed}")
+
+    def deny(self, request_id: int, *, approver: str, reason: str) -> RequestView:
+        note = _text(reason, name="reason", limit=MAX_REASON, required=True)
+        try:
+            with self.store.transaction() as session:
+                row = self._row(session, request_id)
+                view = self._view(session, row)
+                self._check_approver(view, approver, self._groups(self._user(session, approver)))
+                self._transition(session, row, RequestState.DENIED, actor=approver, now=self.clock(), note=note)
+                view = self._view(session, row)
+        except (AccessDenied, InputError) as exc:
+            raise self._refuse(approver, "request.deny", f"request:{request_id}", exc) from None
+        self._notify("request.denied", self._payload(view, approver, why=note))
+        return view
+
+    def cancel(self, request_id: int, *, actor: str) -> RequestView:
+        try:
+            with self.store.transaction() as session:
+                row = self._row(session, request_id)
+                self._user(session, actor)
+                if row.requester != actor:
+                    raise AccessDenied(f"only {row.requester} can cancel request {request_id}")
+                if row.state != RequestState.PENDING:
+                    raise AccessDenied(
+                        f"request {request_id} is {row.state}; only a pending request can be cancelled (revoke a grant)"
+                    )
+                self._transition(session, row, RequestState.CANCELLED, actor=actor, now=self.clock())
+                view = self._view(session, row)
+        except (AccessDenied, InputError) as exc:
+            raise self._refuse(actor, "request.cancel", f"request:{request_id}", exc) from None
+        self._notify("request.cancelled", self._payload(view, actor))
+        return view
+
+    def revoke(self, request_id: int, *, actor: str, reason: str | None = None) -> tuple[RequestView, list[int]]:
+        """End a grant: the request becomes revoked and every certificate issued for it is revoked."""
+        note = _text(reason or "", name="reason", limit=MAX_REASON, required=False)
+        try:
+            with self.store.transaction() as session:
+                row = self._row(session, request_id)
+                view = self._view(session, row)
+                if actor != "admin":  # the bastion's own operator, from `jit-ssh revoke` run locally
+                    groups = self._groups(self._user(session, actor))
+                    if actor != row.requester and not groups & set(view.approver_groups):
+                        raise AccessDenied(f"{actor} may not revoke request {request_id}")
+                if row.state not in (RequestState.APPROVED, RequestState.PENDING):
+                    raise AccessDenied(f"request {request_id} is {row.state}; nothing to revoke")
+                certs = session.exec(select(IssuedCertificate).where(IssuedCertificate.request_id == request_id)).all()
+                serials = []
+                for cert in certs:
+                    cert.revoked = True
+                    session.add(cert)
+                    serials.append(cert.serial)
+                self._transition(
+                    session, row, RequestState.REVOKED, actor=actor, now=self.clock(), note=note,
+                    details={"serials": serials},
+                )  # fmt: skip
+                view = self._view(session, row)
+        except (AccessDenied, InputError) as exc:
+            raise self._refuse(actor, "request.revoke", f"request:{request_id}", exc) from None
+        self._notify("request.revoked", self._payload(view, actor, why=note))
+        return view, serials
+
+    # -- certificates ----------------------------------------------------------------------------
+    def issue_certificate(
+        self, request_id: int, *, user: str, public_key: PublicKey
+    ) -> tuple[Certificate, RequestView]:
+        """Sign ``public_key`` with the user CA for ``user``'s approved request (invariants 1 and 2)."""
+        if self.user_ca is None:
+            raise JitSshError("this authority has no user CA signer loaded")
+        try:
+            with self.store.transaction() as session:
+                now = self.clock()
+                row = self._row(session, request_id)
+                self._user(session, user)
+                if row.requester != user:
+                    raise AccessDenied(f"request {request_id} belongs to {row.requester}, not {user}")
+                if row.state == RequestState.EXPIRED:
+                    raise GrantExpired(f"the grant of request {request_id} has expired")
+                if row.state != RequestState.APPROVED or row.starts_at is None or row.expires_at is None:
+                    raise AccessDenied(f"request {request_id} is {row.state}, not approved")
+                view = self._view(session, row)
+                serial = self.store.next_serial(session)
+                key_id = f"jit-ssh request={request_id} user={user} serial={serial}"
+                cert = mint_user_certificate(
+                    self.user_ca,
+                    public_key,
+                    principals=list(view.principals),
+                    key_id=key_id,
+                    serial=serial,
+                    valid_from=datetime.fromtimestamp(row.starts_at, UTC),
+                    valid_until=datetime.fromtimestamp(row.expires_at, UTC),
+                    max_validity=timedelta(seconds=min(row.duration_s, row.max_duration_s)),
+                    extensions=view.extensions,
+                    now=datetime.fromtimestamp(now, UTC),
+                )
+                session.add(
+                    IssuedCertificate(
+                        serial=serial, request_id=request_id, ca_role="user", key_id=key_id,
+                        key_fingerprint=public_key.fingerprint(), principals_json=dumps(list(cert.principals)),
+                        valid_after=cert.valid_after, valid_before=cert.valid_before, created_at=now,
+                    )
+                )  # fmt: skip
+                append_event(
+                    self.store, session, actor=user, action="certificate.issued", subject=f"request:{request_id}",
+                    details={"serial": serial, "key": public_key.fingerprint(), "principals": list(cert.principals),
+                             "valid_after": cert.valid_after, "valid_before": cert.valid_before},
+                    moment=now,
+                )  # fmt: skip
+        except (AccessDenied, InputError) as exc:
+            raise self._refuse(user, "certificate.issue", f"request:{request_id}", exc) from None
+        return cert, view
+
+    def revoked_serials(self, *, ca_role: str, now: float | None = None) -> list[int]:
+        """Serials of revoked certificates of ``ca_role`` that have not expired yet (for the KRL)."""
+        moment = int(self.clock() if now is None else now)
+        with self.store.transaction() as session:
+            rows = session.exec(
+                select(IssuedCertificate.serial).where(
+                    IssuedCertificate.ca_role == ca_role,
+                    col(IssuedCertificate.revoked).is_(True),
+                    IssuedCertificate.valid_before > moment,
+                )
+            ).all()
+        return sorted(rows)
+
+    # -- reading ---------------------------------------------------------------------------------
+    def get(self, request_id: int, *, viewer: str | None = None) -> RequestView:
+        """One request; ``viewer`` (None for a local admin) must be its requester or an approver."""
+        with self.store.transaction() as session:
+            row = self._row(session, request_id)
+            view = self._view(session, row)
+            if viewer is not None and viewer != row.requester:
+                groups = self._groups(self._user(session, viewer))
+                if not groups & set(view.approver_groups):
+                    raise AccessDenied(f"request {request_id} is neither yours nor one you may approve")
+        return view
+
+    def list_requests(
+        self, *, viewer: str | None, mine: bool = False, pending: bool = False, include_final: bool = False
+    ) -> list[RequestView]:
+        """What ``viewer`` asked for and what waits for them; a local admin (None) sees everything."""
+        with self.store.transaction() as session:
+            now = self.clock()
+            groups: frozenset[str] = frozenset()
+            if viewer is not None:
+                groups = self._groups(self._user(session, viewer))
+            out = []
+            rows = session.exec(select(AccessRequest).order_by(col(AccessRequest.id).desc()).limit(500)).all()
+            for row in rows:
+                self._lapse(session, row, now)
+                view = self._view(session, row)
+                is_mine = viewer is None or row.requester == viewer
+                can_approve = viewer is None or (row.requester != viewer and bool(groups & set(view.approver_groups)))
+                if mine and not is_mine:
+                    continue
+                if pending and not (view.state is RequestState.PENDING and can_approve and not mine):
+                    continue
+                if not (is_mine or can_approve):
+                    continue
+                if not include_final and view.state in _FINAL and not pending:
+                    continue
+                out.append(view)
+        return out
+
+    def sweep(self) -> int:
+        """Time out stale pending requests and expire finished grants; returns how many moved."""
+        moved = 0
+        with self.store.transaction() as session:
+            now = self.clock()
+            rows = session.exec(
+                select(AccessRequest).where(col(AccessRequest.state).in_([RequestState.PENDING, RequestState.APPROVED]))
+            ).all()
+            for row in rows:
+                before = row.state
+                self._lapse(session, row, now)
+                moved += row.state != before
+        return moved

@@ -1,0 +1,234 @@
+"""Admins' commands, run on the bastion against the broker's own config, store and policy."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import sys
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from jit_ssh.broker.config import BrokerConfig
+from jit_ssh.broker.server import Broker
+from jit_ssh.ca import InputError, JitSshError, PublicKey, passphrase_from_env
+from jit_ssh.ca.audit import iter_events, verify_chain
+from jit_ssh.ca.inventory import add_host, add_user, disable_user, list_hosts, list_users, parse_labels
+from jit_ssh.ca.policy import AccessQuery, HostInfo, Policy
+from jit_ssh.ca.store import Host, Store, User
+from jit_ssh.ca.validate import parse_duration
+from rich.table import Table
+
+from .output import console, emit_json
+
+__all__ = ["register"]
+
+ConfigOption = Annotated[
+    Path | None,
+    typer.Option("--config", help="Broker config [env JIT_SSH_BROKER_CONFIG; default /etc/jit-ssh/broker.toml]"),
+]
+JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON instead of text.")]
+
+user_app = typer.Typer(help="Enrolled users (on the bastion).", no_args_is_help=True)
+host_app = typer.Typer(help="The host inventory (on the bastion).", no_args_is_help=True)
+audit_app = typer.Typer(help="The hash-chained audit log (on the bastion).", no_args_is_help=True)
+policy_app = typer.Typer(help="Check and explain the access policy.", no_args_is_help=True)
+
+
+def _config(option: Path | None) -> BrokerConfig:
+    return BrokerConfig.load(BrokerConfig.locate(option))
+
+
+def _store(option: Path | None) -> Store:
+    config = _config(option)
+    if not config.database_url:
+        config.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    return Store(config.store_url)
+
+
+def _read_key(path: Path) -> PublicKey:
+    try:
+        return PublicKey.parse(path.read_text(encoding="utf-8").strip().splitlines()[0] if path.stat().st_size else "")
+    except OSError as exc:
+        raise JitSshError(f"cannot read key file {path}: {exc.strerror}") from exc
+    except UnicodeDecodeError as exc:
+        raise InputError(f"{path} is not a text public key file") from exc
+
+
+@user_app.command("add")
+def user_add(
+    name: Annotated[str, typer.Argument(help="User name.")],
+    key: Annotated[list[Path], typer.Option("--key", help="Public key file; repeatable.")],
+    group: Annotated[list[str] | None, typer.Option("--group", "-g", help="Group; repeatable.")] = None,
+    config: ConfigOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Enroll a user with their SSH public key(s) and groups."""
+    entry = add_user(_store(config), name, keys=[_read_key(k) for k in key], groups=group or [])
+    if as_json:
+        emit_json({"name": entry.name, "groups": list(entry.groups), "keys": list(entry.keys)})
+    else:
+        console.print(f"User {entry.name}: groups {', '.join(entry.groups) or '-'}; {len(entry.keys)} key(s)")
+
+
+@user_app.command("disable")
+def user_disable(name: Annotated[str, typer.Argument()], config: ConfigOption = None) -> None:
+    """Disable a user: the broker refuses their keys from now on."""
+    disable_user(_store(config), name)
+    console.print(f"User {name} disabled")
+
+
+@user_app.command("list")
+def user_list(config: ConfigOption = None, as_json: JsonOption = False) -> None:
+    """List enrolled users."""
+    users = list_users(_store(config))
+    if as_json:
+        emit_json(
+            [{"name": u.name, "groups": list(u.groups), "disabled": u.disabled, "keys": list(u.keys)} for u in users]
+        )
+        return
+    table = Table("user", "groups", "state", "keys")
+    for u in users:
+        table.add_row(u.name, ", ".join(u.groups), "disabled" if u.disabled else "active", "\n".join(u.keys))
+    console.print(table)
+
+
+@host_app.command("add")
+def host_add(
+    name: Annotated[str, typer.Argument(help="Host name, as engineers will type it.")],
+    address: Annotated[str, typer.Option("--address", help="HOST[:PORT] the broker connects to.")],
+    labels: Annotated[str, typer.Option("--labels", help="k=v,k2=v2")] = "",
+    host_key: Annotated[Path | None, typer.Option("--host-key", help="Pin this host public key file.")] = None,
+    config: ConfigOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Add or update a host in the inventory."""
+    addr, sep, port_text = address.rpartition(":") if address.count(":") == 1 else (address, "", "")
+    if sep and not port_text.isdigit():
+        raise InputError(f"--address expects HOST[:PORT], found {address[:60]!r}")
+    entry = add_host(
+        _store(config), name, address=addr if sep else address, port=int(port_text) if sep else 22,
+        labels=parse_labels(labels), host_key=_read_key(host_key) if host_key else None,
+    )  # fmt: skip
+    if as_json:
+        emit_json({"name": entry.name, "address": entry.address, "port": entry.port, "labels": dict(entry.labels)})
+    else:
+        console.print(f"Host {entry.name} at {entry.address}:{entry.port}")
+
+
+@host_app.command("list")
+def host_list(config: ConfigOption = None, as_json: JsonOption = False) -> None:
+    """List the host inventory."""
+    hosts = list_hosts(_store(config))
+    if as_json:
+        emit_json(
+            [
+                {"name": h.name, "address": h.address, "port": h.port, "labels": dict(h.labels),
+                 "pinned": bool(h.host_key)}
+                for h in hosts
+            ]
+        )  # fmt: skip
+        return
+    table = Table("host", "address", "labels", "trust")
+    for h in hosts:
+        labels = ",".join(f"{k}={v}" for k, v in sorted(h.labels.items()))
+        table.add_row(h.name, f"{h.address}:{h.port}", labels, "pinned key" if h.host_key else "host certificate")
+    console.print(table)
+
+
+@audit_app.command("verify")
+def audit_verify(config: ConfigOption = None, as_json: JsonOption = False) -> None:
+    """Check the audit chain; name the first modified, deleted or reordered event."""
+    count, problem = verify_chain(_store(config))
+    if as_json:
+        emit_json({"events": count, "ok": problem is None, "problem": problem.message if problem else None,
+                   "seq": problem.seq if problem else None})  # fmt: skip
+    if problem is not None:
+        raise JitSshError(f"audit chain broken at event {problem.seq}: {problem.message}")
+    if not as_json:
+        console.print(f"Audit chain intact: {count} events")
+
+
+@audit_app.command("export")
+def audit_export(
+    since: Annotated[str | None, typer.Option("--since", help="ISO date/time, or a duration like 2h.")] = None,
+    output: Annotated[Path | None, typer.Option("-o", "--output", help="File (default: stdout).")] = None,
+    config: ConfigOption = None,
+) -> None:
+    """Write audit events as JSON lines (for a SIEM)."""
+    start = None
+    if since:
+        try:
+            start = datetime.fromisoformat(since).replace(tzinfo=UTC).timestamp()
+        except ValueError:
+            start = datetime.now(UTC).timestamp() - parse_duration(since).total_seconds()
+    lines = (json.dumps(e, sort_keys=True) + "\n" for e in iter_events(_store(config), since=start))
+    if output is None:
+        sys.stdout.writelines(lines)
+    else:
+        with output.open("w", encoding="utf-8") as handle:
+            handle.writelines(lines)
+
+
+@policy_app.command("check")
+def policy_check(
+    file: Annotated[Path | None, typer.Argument(help="Policy file (default: the broker's).")] = None,
+    config: ConfigOption = None,
+) -> None:
+    """Validate a policy file; errors name the line."""
+    path = file or _config(config).policy
+    policy = Policy.load(path)
+    console.print(f"{path}: OK ({len(policy.rules)} rules)")
+
+
+@policy_app.command("explain")
+def policy_explain(
+    user: Annotated[str, typer.Argument()],
+    host: Annotated[str, typer.Argument()],
+    login: Annotated[str, typer.Option("--login", "-l")] = "ubuntu",
+    duration: Annotated[str, typer.Option("--for")] = "30m",
+    break_glass: Annotated[bool, typer.Option("--break-glass")] = False,
+    config: ConfigOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Show what the policy decides for USER on HOST, and why."""
+    cfg = _config(config)
+    policy = Policy.load(cfg.policy)
+    store = _store(config)
+    with store.transaction() as session:
+        user_row = session.get(User, user)
+        host_row = session.get(Host, host)
+        groups = policy.groups_of(user, user_row.groups if user_row else [])
+        labels = host_row.labels if host_row else {}
+    decision = policy.evaluate(
+        AccessQuery(user=user, groups=groups, hosts=(HostInfo(host, labels),), login=login,
+                    duration=parse_duration(duration), break_glass=break_glass)
+    )  # fmt: skip
+    if as_json:
+        emit_json({"allowed": decision.allowed, "reasons": list(decision.reasons), "rules": list(decision.rules),
+                   "approvals_required": decision.approvals_required,
+                   "approver_groups": sorted(decision.approver_groups)})  # fmt: skip
+        return
+    verdict = "[green]allowed[/]" if decision.allowed else "[red]denied[/]"
+    console.print(f"{user} -> {login}@{host} for {duration}: {verdict}")
+    for reason in decision.reasons:
+        console.print(f"  - {reason}", markup=False)
+
+
+def register(app: typer.Typer) -> None:
+    app.add_typer(user_app, name="user")
+    app.add_typer(host_app, name="host")
+    app.add_typer(audit_app, name="audit")
+    app.add_typer(policy_app, name="policy")
+
+    @app.command("serve")
+    def serve(config: ConfigOption = None) -> None:
+        """Run the broker (control plane) until SIGTERM."""
+        cfg = _config(config)
+        logging.basicConfig(
+            level=cfg.log_level, format="%(asctime)s %(levelname)s %(name)s %(message)s", stream=sys.stderr
+        )
+        broker = Broker(cfg, passphrase=passphrase_from_env())
+        asyncio.run(broker.serve_forever())
