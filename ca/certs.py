@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import functools
 import ipaddress
 import os
 import struct
@@ -56,6 +57,8 @@ _MAX_SERIAL = 2**64 - 1
 _MAX_FORCE_COMMAND = 4096
 _U64 = struct.Struct(">Q")
 _U32 = struct.Struct(">I")
+_ZERO = timedelta(0)
+_NONCE_HEADER = _U32.pack(32)
 
 
 class CertType(IntEnum):
@@ -217,6 +220,31 @@ def _encode_options(options: Iterable[tuple[str, str]]) -> bytes:
     )
 
 
+# Minting repeats the same few values for every certificate of a grant (its principals, the bastion's
+# source-address, the policy's extensions): the wire form of each is built once. Caches are bounded,
+# keyed by immutable values, and hold only what has already been checked.
+@functools.lru_cache(maxsize=256)
+def _encoded_critical(options: tuple[tuple[str, str], ...]) -> bytes:
+    return string(_encode_options(options))
+
+
+@functools.lru_cache(maxsize=64)
+def _encoded_extensions(names: frozenset[str]) -> bytes:
+    return string(_encode_options((name, "") for name in names))
+
+
+@functools.lru_cache(maxsize=256)
+def _encoded_principals(principals: tuple[str, ...]) -> bytes:
+    return string(b"".join(string(p.encode()) for p in principals))
+
+
+@functools.lru_cache(maxsize=16)
+def _cert_key_type(key_type: str) -> tuple[str, bytes]:
+    """The certificate type for a key type, and its encoded form."""
+    cert_key_type = key_type.removesuffix("@openssh.com") + "-cert-v01@openssh.com"
+    return cert_key_type, string(cert_key_type.encode())
+
+
 def _aware(moment: datetime, name: str) -> datetime:
     if moment.tzinfo is None:
         raise CertificateError(f"{name} must carry a time zone (got a naive datetime)")
@@ -240,16 +268,17 @@ def _window(
     current = _aware(now, "now") if now is not None else datetime.now(UTC)
     start = max(_aware(valid_from, "valid_from"), current)
     end = _aware(valid_until, "valid_until")
-    if not timedelta(0) <= backdate <= MAX_BACKDATE:
+    if not _ZERO <= backdate <= MAX_BACKDATE:
         raise CertificateError(f"backdate must be between 0 and {MAX_BACKDATE.seconds} s, got {backdate}")
-    if max_validity <= timedelta(0) or max_validity > ceiling:
+    if max_validity <= _ZERO or max_validity > ceiling:
         raise CertificateError(f"maximum validity must be positive and at most {ceiling}, got {max_validity}")
     if end <= current:
         raise CertificateError(f"validity window ends in the past ({end.isoformat()})")
     if end <= start:
         raise CertificateError("validity window is empty: it ends before it starts")
-    if end - start > max_validity:
-        raise CertificateError(f"validity window of {end - start} is longer than the maximum {max_validity}")
+    length = end - start
+    if length > max_validity:
+        raise CertificateError(f"validity window of {length} is longer than the maximum {max_validity}")
     return int((start - backdate).timestamp()), int(end.timestamp())
 
 
@@ -270,25 +299,31 @@ def _sign(
     critical_options: list[tuple[str, str]],
     extension_names: frozenset[str],
 ) -> Certificate:
-    if subject == signer.public_key:
+    ca_key = signer.public_key
+    if subject == ca_key:
         raise CertificateError("refusing to certify the CA's own key")
-    cert_key_type = subject.key_type.removesuffix("@openssh.com") + "-cert-v01@openssh.com"
+    cert_key_type, encoded_type = _cert_key_type(subject.key_type)
     nonce = os.urandom(32)
+    raw_key_id = key_id.encode()
     signed = b"".join(
         (
-            string(cert_key_type.encode()),
-            string(nonce),
-            b"".join(string(f) for f in subject.fields),
+            encoded_type,
+            _NONCE_HEADER,
+            nonce,
+            # A key's blob is its encoded type name followed by exactly its fields (PublicKey checks
+            # that on construction), and the fields are what a certificate carries after the nonce.
+            subject.blob[4 + len(subject.key_type.encode()) :],
             _U64.pack(serial),
             _U32.pack(cert_type),
-            string(key_id.encode()),
-            string(b"".join(string(p.encode()) for p in principals)),
+            _U32.pack(len(raw_key_id)),
+            raw_key_id,
+            _encoded_principals(principals),
             _U64.pack(window[0]),
             _U64.pack(window[1]),
-            string(_encode_options(critical_options)),
-            string(_encode_options((name, "") for name in extension_names)),
+            _encoded_critical(tuple(critical_options)),
+            _encoded_extensions(extension_names),
             b"\x00\x00\x00\x00",
-            string(signer.public_key.blob),
+            string(ca_key.blob),
         )
     )
     signature = signer.sign(signed)
@@ -307,7 +342,7 @@ def _sign(
         valid_before=window[1],
         critical_options=dict(critical_options),
         extensions=dict.fromkeys(extension_names, ""),
-        signature_key=signer.public_key,
+        signature_key=ca_key,
         signature=signature,
         signed_length=len(signed),
     )
@@ -326,6 +361,19 @@ def _principal_list(values: Sequence[str], check: object) -> tuple[str, ...]:
     for value in unique:
         check(value)  # type: ignore[operator]
     return unique
+
+
+@functools.lru_cache(maxsize=256)
+def _checked_user_principals(values: tuple[str, ...]) -> tuple[str, ...]:
+    return _principal_list(values, check_principal)
+
+
+def _user_principals(values: Sequence[str]) -> tuple[str, ...]:
+    # A grant's principals repeat in every certificate minted under it, so each distinct list is
+    # checked once. The cache returns the tuple it checked, so what is signed is what was checked.
+    if isinstance(values, str):
+        return _principal_list(values, check_principal)  # refuses it
+    return _checked_user_principals(tuple(values))
 
 
 def mint_user_certificate(
@@ -350,14 +398,14 @@ def mint_user_certificate(
     ``source_address`` restricts use to the given addresses or CIDR networks.
     """
     try:
-        names = _principal_list(principals, check_principal)
+        names = _user_principals(principals)
         check_key_id(key_id)
     except InputError as exc:
         raise CertificateError(str(exc)) from exc
     _check_serial(serial)
     wanted = frozenset(extensions) if not isinstance(extensions, str) else frozenset((extensions,))
-    unknown = wanted - ALL_USER_EXTENSIONS
-    if unknown:
+    if not wanted <= ALL_USER_EXTENSIONS:
+        unknown = wanted - ALL_USER_EXTENSIONS
         raise CertificateError(f"unknown certificate extension(s): {', '.join(sorted(unknown))[:200]}")
     critical: list[tuple[str, str]] = []
     if source_address is not None:
@@ -390,6 +438,12 @@ def mint_user_certificate(
 def _source_address(values: Sequence[str]) -> str:
     if isinstance(values, str) or not values:
         raise CertificateError("source-address needs a list of one or more addresses or CIDR networks")
+    # The bastion's address is the same in every onward certificate: parse each distinct list once.
+    return _source_networks(tuple(values))
+
+
+@functools.lru_cache(maxsize=256)
+def _source_networks(values: tuple[str, ...]) -> str:
     networks = []
     for value in values:
         try:

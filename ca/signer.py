@@ -7,6 +7,7 @@ replace :class:`KeySigner` (a key held in process memory) without touching what 
 from __future__ import annotations
 
 import enum
+from collections.abc import Callable
 from typing import Protocol, runtime_checkable
 
 from cryptography.hazmat.primitives import hashes, serialization
@@ -58,7 +59,7 @@ _EC_ALGS: dict[str, tuple[str, hashes.HashAlgorithm]] = {
 class KeySigner:
     """A :class:`Signer` over a private key held in this process."""
 
-    __slots__ = ("_key", "_prefix", "_public")
+    __slots__ = ("_key", "_prefix", "_public", "_raw_sign")
 
     def __init__(self, key: PrivateKey) -> None:
         self._key = key
@@ -66,26 +67,43 @@ class KeySigner:
             serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH
         )
         self._public = PublicKey.parse(blob.decode())
+        # The algorithm is chosen here, once, rather than by type tests on every signature.
+        self._raw_sign: Callable[[bytes], bytes]
         if isinstance(key, ed25519.Ed25519PrivateKey):
             self._prefix = string(b"ssh-ed25519")
+            self._raw_sign = key.sign
         elif isinstance(key, ec.EllipticCurvePrivateKey):
             if key.curve.name not in _EC_ALGS:
                 raise CAKeyError(f"ECDSA curve {key.curve.name} is not one OpenSSH accepts")
-            self._prefix = string(_EC_ALGS[key.curve.name][0].encode())
+            name, digest = _EC_ALGS[key.curve.name]
+            self._prefix = string(name.encode())
+            self._raw_sign = _ecdsa_signer(key, ec.ECDSA(digest))
         else:
             if key.key_size < 2048:
                 raise CAKeyError(f"RSA CA key of {key.key_size} bits is too small; at least 2048")
             self._prefix = string(b"rsa-sha2-512")
+            self._raw_sign = _rsa_signer(key)
 
     @property
     def public_key(self) -> PublicKey:
         return self._public
 
     def sign(self, data: bytes) -> bytes:
-        key = self._key
-        if isinstance(key, ed25519.Ed25519PrivateKey):
-            return self._prefix + string(key.sign(data))
-        if isinstance(key, ec.EllipticCurvePrivateKey):
-            r, s = decode_dss_signature(key.sign(data, ec.ECDSA(_EC_ALGS[key.curve.name][1])))
-            return self._prefix + string(mpint(r) + mpint(s))
-        return self._prefix + string(key.sign(data, padding.PKCS1v15(), hashes.SHA512()))
+        return self._prefix + string(self._raw_sign(data))
+
+
+def _ecdsa_signer(key: ec.EllipticCurvePrivateKey, algorithm: ec.ECDSA) -> Callable[[bytes], bytes]:
+    def sign(data: bytes) -> bytes:
+        r, s = decode_dss_signature(key.sign(data, algorithm))
+        return mpint(r) + mpint(s)
+
+    return sign
+
+
+def _rsa_signer(key: rsa.RSAPrivateKey) -> Callable[[bytes], bytes]:
+    pkcs1, sha512 = padding.PKCS1v15(), hashes.SHA512()
+
+    def sign(data: bytes) -> bytes:
+        return key.sign(data, pkcs1, sha512)
+
+    return sign
