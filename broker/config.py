@@ -7,6 +7,7 @@ to a default.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import tomllib
 from collections.abc import Mapping
@@ -36,6 +37,9 @@ _BROKER_KEYS = frozenset(
         "pending_timeout",
         "host_key",
         "log_level",
+        "capture_limit",
+        "source_addresses",
+        "warn_before",
     }
 )
 
@@ -64,6 +68,12 @@ class BrokerConfig:
     host_key: Path = Path("/var/lib/jit-ssh/ssh_host_ed25519_key")
     log_level: str = "INFO"
     webhooks: tuple[Webhook, ...] = field(default=())
+    #: Bytes of bulk content (exec without a terminal, per direction) kept in a recording.
+    capture_limit: int = 1024 * 1024
+    #: The addresses hosts see the broker connect from: the onward certificates' source-address.
+    source_addresses: tuple[str, ...] = ("127.0.0.1", "::1")
+    #: How long before a grant ends the user is warned in their terminal.
+    warn_before: timedelta = timedelta(seconds=60)
 
     @property
     def store_url(self) -> str:
@@ -127,6 +137,21 @@ class BrokerConfig:
         if not isinstance(hooks_raw, list):
             raise ConfigError(f"{where}: webhook must be an array of tables ([[webhook]])")
         hooks = tuple(Webhook.from_config(h, where=f"{where} [[webhook]] #{i + 1}") for i, h in enumerate(hooks_raw))
+        capture = table.get("capture_limit", 1024 * 1024)
+        if type(capture) is not int or not 0 <= capture <= 1 << 34:
+            raise ConfigError(f"{where}: [broker] capture_limit: expected a byte count from 0 to 16 GiB")
+        sources = table.get("source_addresses", ["127.0.0.1", "::1"])
+        if not isinstance(sources, list) or not sources or not all(isinstance(s, str) for s in sources):
+            raise ConfigError(f"{where}: [broker] source_addresses: expected a list of addresses or networks")
+        for source in sources:
+            try:
+                ipaddress.ip_network(source, strict=True)
+            except ValueError as exc:
+                raise ConfigError(f"{where}: [broker] source_addresses: {source!r} is not an address") from exc
+        try:
+            warn = parse_duration(text("warn_before", "60s"))
+        except InputError as exc:
+            raise ConfigError(f"{where}: [broker] warn_before: {exc}") from exc
         level = text("log_level", "INFO").upper()
         if level not in ("DEBUG", "INFO", "WARNING", "ERROR"):
             raise ConfigError(f"{where}: [broker] log_level: expected DEBUG, INFO, WARNING or ERROR, found {level!r}")
@@ -144,4 +169,7 @@ class BrokerConfig:
             host_key=path_of("host_key", data_dir / "ssh_host_ed25519_key"),
             log_level=level,
             webhooks=hooks,
+            capture_limit=capture,
+            source_addresses=tuple(sources),
+            warn_before=warn,
         )

@@ -1,7 +1,8 @@
-"""The broker daemon: one asyncio process, an asyncssh server with the control plane on it.
+"""The broker daemon: one asyncio process serving the control plane and the recording proxy.
 
-Users authenticate with an enrolled public key; their SSH user name must be their jit-ssh user name.
-(A user name of the form ``LOGIN@HOST`` is the session face, which authenticates by certificate.)
+It also runs the enforcement clock (invariant 6): a warning in the terminal before a grant ends, the
+session cut off when it ends or is revoked (revocations made through any broker sharing the database
+are seen within a second), and the recordings flushed at least once a second (invariant 5).
 """
 
 from __future__ import annotations
@@ -11,8 +12,9 @@ import json
 import logging
 import signal
 import time
-from collections.abc import Mapping
+from collections.abc import Coroutine, Mapping
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import asyncssh
@@ -20,28 +22,38 @@ from jit_ssh.ca import (
     AccessDenied,
     CADirectory,
     CARole,
+    Certificate,
+    CertType,
     InputError,
     JitSshError,
     PublicKey,
     StoreError,
     mint_host_certificate,
+    mint_user_certificate,
 )
 from jit_ssh.ca.audit import append_event
 from jit_ssh.ca.inventory import user_for_key
 from jit_ssh.ca.policy import Policy
-from jit_ssh.ca.store import Store
-from jit_ssh.ca.workflow import Authority
+from jit_ssh.ca.store import AccessRequest, Host, IssuedCertificate, RecordedSession, Store, dumps, loads
+from jit_ssh.ca.validate import target_principal
+from jit_ssh.ca.workflow import Authority, RequestState
+from sqlmodel import col, select
 
 from .config import BrokerConfig
 from .control import MAX_ARGUMENTS, ControlContext, dispatch, error_reply
 from .notify import Notifier
+from .proxy import ProxySession
+from .session import ClientConnection, Grant
 
 __all__ = ["Broker"]
 
 log = logging.getLogger("jit_ssh.broker")
 _STDIN_TIMEOUT = 30.0
 _SWEEP_INTERVAL = 5.0
+_ENFORCE_INTERVAL = 0.25
+_STATE_POLL = 1.0
 _HOST_CERT_VALIDITY = timedelta(days=30)
+_ONWARD_TIMEOUT = 15.0
 
 
 class Broker:
@@ -52,10 +64,13 @@ class Broker:
         ca = CADirectory(config.ca_dir)
         self.user_ca_key = ca.public_key(CARole.USER)
         self._host_ca = ca.signer(CARole.HOST, passphrase=passphrase)
-        try:
-            config.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-        except OSError as exc:
-            raise JitSshError(f"cannot create data directory {config.data_dir}: {exc.strerror}") from exc
+        self._access_ca = ca.signer(CARole.ACCESS, passphrase=passphrase)
+        self._host_ca_ssh = asyncssh.import_public_key(self._host_ca.public_key.to_openssh())
+        for directory in (config.data_dir, config.recordings_dir):
+            try:
+                directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+            except OSError as exc:
+                raise JitSshError(f"cannot create directory {directory}: {exc.strerror}") from exc
         self.store = Store(config.store_url)
         self.policy = Policy.load(config.policy)
         self.authority = Authority(
@@ -66,7 +81,10 @@ class Broker:
         )
         self.notifier = Notifier(config.webhooks)
         self._server: asyncssh.SSHAcceptor | None = None
-        self._tasks: list[asyncio.Task[None]] = []
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._loops: list[asyncio.Task[None]] = []
+        self.live: dict[int, set[ProxySession]] = {}
+        self.connections: set[ClientConnection] = set()
         self.port = 0
 
     # -- host identity ---------------------------------------------------------------------------
@@ -105,26 +123,26 @@ class Broker:
     async def start(self) -> int:
         loop = asyncio.get_running_loop()
         await self.notifier.start()
-        # The authority runs in worker threads; the notifier lives on this loop.
 
         def listen(event: str, payload: Mapping[str, Any]) -> None:
+            # The authority runs in worker threads; the notifier lives on this loop.
             loop.call_soon_threadsafe(self.notifier.notify, event, payload)
 
         self.authority.listeners.append(listen)
         key, cert = await asyncio.to_thread(self._host_key)
         try:
             self._server = await asyncssh.create_server(
-                lambda: _Connection(self),
+                self._new_connection,
                 self.config.listen_host,
                 self.config.listen_port,
                 server_host_keys=[(key, cert)],
-                process_factory=self._handle_process,
                 encoding=None,
                 allow_scp=False,
                 sftp_factory=None,
                 agent_forwarding=False,
                 x11_forwarding=False,
                 keepalive_interval=30,
+                keepalive_count_max=4,
                 login_timeout=30,
             )
         except OSError as exc:
@@ -133,19 +151,33 @@ class Broker:
             ) from exc
         sockets = self._server.sockets
         self.port = sockets[0].getsockname()[1] if sockets else self.config.listen_port
-        self._tasks.append(asyncio.create_task(self._sweeper()))
+        self._loops = [asyncio.create_task(self._sweeper()), asyncio.create_task(self._enforcer())]
         log.info("broker listening on %s:%d", self.config.listen_host, self.port)
         return self.port
 
+    def _new_connection(self) -> ClientConnection:
+        conn = ClientConnection(self)
+        self.connections.add(conn)
+        return conn
+
+    def spawn(self, coro: Coroutine[Any, Any, Any]) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
     async def stop(self) -> None:
+        """Stop accepting, end live sessions with complete recordings, then stop the rest."""
         if self._server is not None:
             self._server.close()
             await self._server.wait_closed()
             self._server = None
-        for task in self._tasks:
+        for sessions in list(self.live.values()):
+            for proxy in list(sessions):
+                proxy.end("the broker is shutting down")
+        for task in self._loops:
             task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
-        self._tasks.clear()
+        # What is left are the session_ended writes: the recordings' digests must reach the store.
+        await asyncio.gather(*self._loops, *self._tasks, return_exceptions=True)
         await self.notifier.stop()
         self.store.dispose()
 
@@ -171,7 +203,227 @@ class Broker:
             except JitSshError as exc:
                 log.warning("sweep failed: %s", exc)
 
-    # -- authentication --------------------------------------------------------------------------
+    # -- enforcement (invariants 5 and 6) --------------------------------------------------------
+    def register(self, request_id: int, proxy: ProxySession) -> None:
+        self.live.setdefault(request_id, set()).add(proxy)
+
+    def unregister(self, request_id: int, proxy: ProxySession) -> None:
+        sessions = self.live.get(request_id)
+        if sessions is not None:
+            sessions.discard(proxy)
+            if not sessions:
+                del self.live[request_id]
+
+    def end_grant(self, request_id: int, reason: str) -> int:
+        """Cut off every live session of a grant; returns how many."""
+        sessions = list(self.live.get(request_id, ()))
+        for proxy in sessions:
+            proxy.end(reason)
+        return len(sessions)
+
+    def _request_states(self, ids: list[int]) -> dict[int, str]:
+        with self.store.transaction() as session:
+            rows = session.exec(
+                select(AccessRequest.id, AccessRequest.state).where(col(AccessRequest.id).in_(ids))
+            ).all()
+        return {int(rid): state for rid, state in rows if rid is not None}
+
+    async def _enforcer(self) -> None:
+        last_poll = 0.0
+        while True:
+            await asyncio.sleep(_ENFORCE_INTERVAL)
+            now = time.time()
+            for request_id, sessions in list(self.live.items()):
+                for proxy in list(sessions):
+                    grant = proxy.client.grant
+                    if grant is None:
+                        continue
+                    if now >= grant.expires_at:
+                        proxy.end(f"grant {request_id} expired: session closed")
+                    elif not proxy.warned and now >= grant.expires_at - self.config.warn_before.total_seconds():
+                        proxy.warned = True
+                        left = int(grant.expires_at - now)
+                        proxy.notice(f"access to {grant.login}@{grant.host} ends in {left} s (request {request_id})")
+                    elif proxy.recorder is not None:
+                        proxy.flush()
+            if self.live and now - last_poll >= _STATE_POLL:
+                last_poll = now
+                try:
+                    states = await asyncio.to_thread(self._request_states, list(self.live))
+                except StoreError as exc:
+                    log.warning("could not read grant states: %s", exc)
+                    continue
+                for request_id, state in states.items():
+                    if state != RequestState.APPROVED:
+                        self.end_grant(request_id, f"grant {request_id} was {state}: session closed")
+
+    # -- the session face ------------------------------------------------------------------------
+    def _refuse_session(self, username: str, cert: Certificate, peer: str, reason: str, audit: bool) -> AccessDenied:
+        if audit:
+            self.audit_refusal(
+                "session.refused", f"target:{username[:300]}",
+                {"serial": cert.serial, "key_id": cert.key_id, "peer": peer, "reason": reason},
+            )  # fmt: skip
+        return AccessDenied(reason)
+
+    def session_grant(self, username: str, cert: Certificate, peer: str, audit: bool) -> Grant:
+        """Invariant 4: the grant a presented certificate stands for, or AccessDenied with the reason."""
+        login, _, host = username.partition("@")
+        try:
+            principal = target_principal(login, host)
+            cert.check(trusted_ca=self.user_ca_key, cert_type=CertType.USER, principal=principal)
+        except (InputError, JitSshError) as exc:
+            raise self._refuse_session(username, cert, peer, exc.message, audit) from None
+        with self.store.transaction() as session:
+            issued = session.get(IssuedCertificate, cert.serial)
+            request = session.get(AccessRequest, issued.request_id) if issued is not None else None
+            host_row = session.get(Host, host)
+        now = time.time()
+        reason = None
+        if issued is None or issued.ca_role != "user" or issued.key_id != cert.key_id:
+            reason = f"certificate serial {cert.serial} was not issued by this broker"
+        elif issued.revoked:
+            reason = f"certificate serial {cert.serial} is revoked"
+        elif request is None or request.state != RequestState.APPROVED:
+            reason = f"request {issued.request_id} is {request.state if request else 'missing'}, not approved"
+        elif request.starts_at is None or request.expires_at is None or not request.starts_at <= now:
+            reason = f"the grant of request {request.id} has not started"
+        elif now >= request.expires_at:
+            reason = f"the grant of request {request.id} has expired"
+        elif host not in request.hosts or login != request.login:
+            reason = f"request {request.id} does not cover {principal}"
+        elif host_row is None:
+            reason = f"host {host} is no longer in the inventory"
+        if reason is not None or request is None or host_row is None or request.id is None:
+            raise self._refuse_session(username, cert, peer, reason or "refused", audit)
+        return Grant(
+            request_id=request.id, user=request.requester, host=host, address=host_row.address,
+            port=host_row.port, host_key=host_row.host_key, login=login, starts_at=request.starts_at or now,
+            expires_at=request.expires_at or now, extensions=tuple(loads(request.extensions_json)),
+            serial=cert.serial, key_id=cert.key_id,
+        )  # fmt: skip
+
+    def recheck_grant(self, grant: Grant) -> None:
+        """Time of use: the grant must still be approved and running when a channel opens."""
+        states = self._request_states([grant.request_id])
+        with self.store.transaction() as session:
+            issued = session.get(IssuedCertificate, grant.serial)
+        if states.get(grant.request_id) != RequestState.APPROVED or issued is None or issued.revoked:
+            raise AccessDenied(f"request {grant.request_id} is no longer approved")
+        if time.time() >= grant.expires_at:
+            raise AccessDenied(f"the grant of request {grant.request_id} has expired")
+
+    async def connect_onward(self, grant: Grant, session_id: str) -> tuple[asyncssh.SSHClientConnection, int]:
+        """The broker's own connection to the host, with a fresh key and an access-CA certificate."""
+        key = asyncssh.generate_private_key("ssh-ed25519")
+        subject = PublicKey(key.public_data)
+        cert = await asyncio.to_thread(self._mint_onward, grant, session_id, subject)
+        if grant.host_key:
+            known: Any = ([asyncssh.import_public_key(grant.host_key)], [], [])
+        else:
+            known = ([], [self._host_ca_ssh], [])
+        try:
+            conn = await asyncssh.connect(
+                grant.address,
+                grant.port,
+                username=grant.login,
+                client_keys=[(key, asyncssh.import_certificate(cert.to_openssh()))],
+                known_hosts=known,
+                host_key_alias=grant.host,
+                config=None,
+                agent_path=None,
+                preferred_auth="publickey",
+                keepalive_interval=30,
+                keepalive_count_max=4,
+                connect_timeout=_ONWARD_TIMEOUT,
+            )
+        except asyncssh.PermissionDenied as exc:
+            raise AccessDenied(
+                f"host {grant.host} refused the broker's certificate for {grant.login} "
+                "(is the host enrolled, with this login's principals file?)"
+            ) from exc
+        except asyncssh.HostKeyNotVerifiable as exc:
+            raise AccessDenied(f"host {grant.host} did not prove its identity with a trusted host key") from exc
+        except (OSError, asyncssh.Error, TimeoutError) as exc:
+            raise JitSshError(f"cannot reach host {grant.host} at {grant.address}:{grant.port}: {exc}") from exc
+        return conn, cert.serial
+
+    def _mint_onward(self, grant: Grant, session_id: str, subject: PublicKey) -> Certificate:
+        now = datetime.now(UTC)
+        until = datetime.fromtimestamp(grant.expires_at, UTC)
+        with self.store.transaction() as session:
+            serial = self.store.next_serial(session)
+            key_id = f"jit-ssh session={session_id} request={grant.request_id} user={grant.user}"
+            cert = mint_user_certificate(
+                self._access_ca,
+                subject,
+                principals=[target_principal(grant.login, grant.host)],
+                key_id=key_id,
+                serial=serial,
+                valid_from=now,
+                valid_until=until,
+                max_validity=max(until - now, timedelta(seconds=1)),
+                extensions=grant.extensions,
+                source_address=list(self.config.source_addresses),
+                backdate=timedelta(seconds=60),
+                now=now,
+            )
+            session.add(
+                IssuedCertificate(
+                    serial=serial, request_id=grant.request_id, ca_role="access", key_id=key_id,
+                    key_fingerprint=subject.fingerprint(), principals_json=dumps(list(cert.principals)),
+                    valid_after=cert.valid_after, valid_before=cert.valid_before, session_id=session_id,
+                    created_at=now.timestamp(),
+                )
+            )  # fmt: skip
+        return cert
+
+    def recording_path(self, session_id: str) -> Path:
+        day = datetime.now(UTC)
+        return self.config.recordings_dir / f"{day:%Y}" / f"{day:%m}" / f"{day:%d}" / f"{session_id}.jsr"
+
+    def session_started(
+        self, proxy: ProxySession, grant: Grant, cert: Certificate, path: Path, onward_serial: int | None, peer: str
+    ) -> None:
+        with self.store.transaction() as session:
+            session.add(
+                RecordedSession(
+                    id=proxy.session_id, request_id=grant.request_id, user=grant.user, host=grant.host,
+                    login=grant.login, kind=proxy.kind, pty=proxy.term is not None, command=proxy.command,
+                    client_serial=cert.serial, client_key_id=cert.key_id, onward_serial=onward_serial,
+                    peer=peer, started_at=proxy.started, recording_path=str(path),
+                )
+            )  # fmt: skip
+            append_event(
+                self.store, session, actor=grant.user, action="session.started", subject=f"session:{proxy.session_id}",
+                details={"request": grant.request_id, "target": f"{grant.login}@{grant.host}", "kind": proxy.kind,
+                         "command": proxy.command, "serial": cert.serial, "onward_serial": onward_serial,
+                         "peer": peer},
+            )  # fmt: skip
+        log.info(
+            "session %s started user=%s target=%s@%s kind=%s",
+            proxy.session_id, grant.user, grant.login, grant.host, proxy.kind,
+        )  # fmt: skip
+
+    def session_ended(self, session_id: str, summary: dict[str, Any], size: int, digest: str) -> None:
+        with self.store.transaction() as session:
+            row = session.get(RecordedSession, session_id)
+            if row is None:
+                return
+            row.ended_at = time.time()
+            row.end_reason = str(summary.get("reason", ""))[:200]
+            row.recording_size, row.recording_sha256 = size, digest
+            row.bytes_in, row.bytes_out = int(summary["bytes_in"]), int(summary["bytes_out"])
+            row.exit_status = summary.get("exit_status")
+            row.exit_signal = summary.get("exit_signal")
+            session.add(row)
+            append_event(
+                self.store, session, actor=row.user, action="session.ended", subject=f"session:{session_id}",
+                details={**summary, "recording_sha256": digest, "recording_size": size},
+            )  # fmt: skip
+        log.info("session %s ended: %s", session_id, json.dumps(summary, default=str))
+
+    # -- authentication (control face) -----------------------------------------------------------
     def audit_refusal(self, action: str, subject: str, details: dict[str, Any]) -> None:
         try:
             with self.store.transaction() as session:
@@ -198,89 +450,101 @@ class Broker:
         return user
 
     # -- control commands ------------------------------------------------------------------------
-    async def _handle_process(self, process: asyncssh.SSHServerProcess[bytes]) -> None:
-        conn = process.get_extra_info("connection")
-        owner = conn.get_owner() if conn is not None else None
-        user = owner.user if isinstance(owner, _Connection) else None
+    def control_session(self, user: str) -> ControlSession:
+        return ControlSession(self, user)
+
+    async def run_control(self, user: str, command: str, raw: bytes) -> tuple[dict[str, Any], int]:
         started = time.monotonic()
-        if user is None:  # pragma: no cover - asyncssh only opens sessions after authentication
-            process.exit(3)
-            return
-        command = (process.command or "").strip()
-        verb, _, inline = command.partition(" ")
-        if not verb:
-            reply, code = error_reply(InputError("the control plane runs commands, not shells")), 2
-        else:
-            raw = inline.encode() if inline.strip() else await _read_stdin(process)
-            if raw is None:
-                reply, code = error_reply(InputError("send the arguments as JSON on stdin, then close it")), 2
-            else:
-                ctx = ControlContext(self.authority, user)
-                reply, code = await asyncio.to_thread(dispatch, ctx, verb, raw)
-        process.stdout.write(json.dumps(reply, default=str).encode() + b"\n")
-        log.info(
-            "control user=%s verb=%s exit=%d ms=%.1f",
-            user,
-            verb[:32],
-            code,
-            (time.monotonic() - started) * 1000,
-        )
-        process.exit(code)
+        verb = command.strip().partition(" ")[0]
+        loop = asyncio.get_running_loop()
+
+        def revoked(request_id: int, serials: list[int]) -> None:
+            loop.call_soon_threadsafe(self.end_grant, request_id, f"grant {request_id} revoked: session closed")
+
+        ctx = ControlContext(self.authority, user, on_revoke=revoked)
+        reply, code = await asyncio.to_thread(dispatch, ctx, verb, raw)
+        log.info("control user=%s verb=%s exit=%d ms=%.1f", user, verb[:32], code, (time.monotonic() - started) * 1000)
+        return reply, code
 
 
-async def _read_stdin(process: asyncssh.SSHServerProcess[bytes]) -> bytes | None:
-    chunks: list[bytes] = []
-    size = 0
-    try:
-        async with asyncio.timeout(_STDIN_TIMEOUT):
-            while True:
-                chunk = await process.stdin.read(65536)
-                if not chunk:
-                    break
-                chunks.append(chunk)
-                size += len(chunk)
-                if size > MAX_ARGUMENTS:
-                    break  # parse_arguments reports the size
-    except TimeoutError:
-        return None
-    except asyncssh.Error:
-        return None
-    return b"".join(chunks)
+class ControlSession(asyncssh.SSHServerSession[bytes]):
+    """One control command: ``VERB`` with JSON arguments inline or on stdin (read to EOF, bounded)."""
 
-
-class _Connection(asyncssh.SSHServer):
-    """One client connection: authentication decisions, each denying by default."""
-
-    def __init__(self, broker: Broker) -> None:
+    def __init__(self, broker: Broker, user: str) -> None:
         self.broker = broker
-        self.user: str | None = None
-        self.peer = "?"
-
-    def connection_made(self, conn: asyncssh.SSHServerConnection) -> None:
-        peer = conn.get_extra_info("peername")
-        self.peer = f"{peer[0]}:{peer[1]}" if peer else "?"
-
-    def begin_auth(self, username: str) -> bool:
-        return True
-
-    def password_auth_supported(self) -> bool:
-        return False
-
-    def kbdint_auth_supported(self) -> bool:
-        return False
-
-    def public_key_auth_supported(self) -> bool:
-        return True
-
-    async def validate_public_key(self, username: str, key: asyncssh.SSHKey) -> bool:
-        if "@" in username:
-            return False  # LOGIN@HOST is the session face: certificates only
-        try:
-            public = PublicKey(key.public_data)
-        except InputError:
-            return False
-        user = await self.broker.authenticate(username, public, self.peer)
-        if user is None:
-            return False
         self.user = user
+        self.chan: asyncssh.SSHServerChannel[bytes] | None = None
+        self.command = ""
+        self.inline = b""
+        self.buffer = bytearray()
+        self.done = False
+        self._timer: asyncio.TimerHandle | None = None
+
+    def connection_made(self, chan: asyncssh.SSHServerChannel[bytes]) -> None:
+        self.chan = chan
+
+    def shell_requested(self) -> bool:
+        return True  # answered with an error once started
+
+    def exec_requested(self, command: str) -> bool:
+        verb, _, inline = command.strip().partition(" ")
+        self.command, self.inline = verb, inline.strip().encode()
         return True
+
+    def subsystem_requested(self, subsystem: str) -> bool:
+        return False
+
+    def session_started(self) -> None:
+        if not self.command:
+            self._reply(error_reply(InputError("the control plane runs commands, not shells")), 2)
+        elif self.inline:
+            self._run(self.inline)
+        else:
+            self._timer = asyncio.get_running_loop().call_later(_STDIN_TIMEOUT, self._timed_out)
+
+    def _timed_out(self) -> None:
+        self._reply(error_reply(InputError("send the arguments as JSON on stdin, then close it")), 2)
+
+    def data_received(self, data: bytes, datatype: asyncssh.DataType) -> None:
+        if self.done or self.inline:
+            return
+        room = MAX_ARGUMENTS + 1 - len(self.buffer)
+        if room > 0:
+            self.buffer += data[:room]
+        if len(self.buffer) > MAX_ARGUMENTS:
+            self._run(bytes(self.buffer))  # parse_arguments reports the size
+
+    def eof_received(self) -> bool:
+        if not self.done and not self.inline and self.command:
+            self._run(bytes(self.buffer))
+        return True
+
+    def _run(self, raw: bytes) -> None:
+        if self.done:
+            return
+        self.done = True
+        if self._timer is not None:
+            self._timer.cancel()
+
+        async def go() -> None:
+            reply, code = await self.broker.run_control(self.user, self.command, raw)
+            self._send(reply, code)
+
+        self.broker.spawn(go())
+
+    def _reply(self, reply: dict[str, Any], code: int) -> None:
+        self.done = True
+        self._send(reply, code)
+
+    def _send(self, reply: dict[str, Any], code: int) -> None:
+        if self.chan is None:
+            return
+        try:
+            self.chan.write(json.dumps(reply, default=str).encode() + b"\n")
+            self.chan.exit(code)
+        except (OSError, asyncssh.Error):
+            pass  # the client went away; the command's effect (if any) is committed and audited
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self._timer is not None:
+            self._timer.cancel()

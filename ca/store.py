@@ -145,18 +145,32 @@ class IssuedCertificate(SQLModel, table=True):
 
 
 class RecordedSession(SQLModel, table=True):
+    """One session channel through the broker and its recording."""
+
     __tablename__ = "sessions"
     id: str = Field(primary_key=True, max_length=64)
     request_id: int = Field(foreign_key="requests.id", index=True)
     user: str = Field(index=True, max_length=64)
-    host: str = Field(max_length=253)
+    host: str = Field(index=True, max_length=253)
     login: str = Field(max_length=32)
-    started_at: float
+    #: shell, exec or sftp; with a terminal or not.
+    kind: str = Field(max_length=16)
+    pty: bool = False
+    command: str | None = None
+    client_serial: int
+    client_key_id: str
+    onward_serial: int | None = None
+    peer: str | None = None
+    started_at: float = Field(index=True)
     ended_at: float | None = None
-    recording_path: str | None = None
+    end_reason: str | None = None
+    recording_path: str
     recording_size: int | None = None
     recording_sha256: str | None = None
+    bytes_in: int = 0
+    bytes_out: int = 0
     exit_status: int | None = None
+    exit_signal: str | None = None
 
 
 class AuditEvent(SQLModel, table=True):

@@ -1,0 +1,327 @@
+"""The session face: bridge one client session channel to the host, recording it.
+
+A :class:`ProxySession` is the server side of a channel the engineer's ``ssh`` opened; once the
+client asks for a shell, a command or the ``sftp`` subsystem, it opens a channel of the same kind on
+the broker's own connection to the host (:class:`Onward`) and relays both ways, every byte passing
+the recorder first. Flow control is end to end: when one side cannot take more, reading from the
+other pauses, so the broker never holds a whole transfer in memory.
+
+Data (and EOF) the client sends before the host's channel is open is kept: the first chunk here, the
+rest in asyncssh's receive buffer (reading pauses at once), and all of it delivered once the host is
+ready.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING, Any
+
+import asyncssh
+
+from .recorder import Recorder, RecordingError
+from .sftp import SftpObserver
+
+if TYPE_CHECKING:
+    from .session import ClientConnection
+
+__all__ = ["ENV_ALLOWED", "Onward", "ProxySession", "allowed_env"]
+
+log = logging.getLogger("jit_ssh.broker.proxy")
+
+#: Environment variables passed on to the host (sshd's AcceptEnv on Debian takes the same).
+ENV_ALLOWED = ("LANG", "LANGUAGE", "LC_")
+_MAX_ENV = 32
+_MAX_ENV_VALUE = 1024
+_MAX_DIMENSION = 10_000
+_STDERR = asyncssh.EXTENDED_DATA_STDERR
+
+
+def allowed_env(env: Mapping[Any, Any]) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for key, value in env.items():
+        name = key.decode("ascii", "replace") if isinstance(key, bytes) else str(key)
+        text = value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
+        if name.startswith(ENV_ALLOWED) and name.replace("_", "").isalnum() and len(text) <= _MAX_ENV_VALUE:
+            out[name] = text
+        if len(out) >= _MAX_ENV:
+            break
+    return out
+
+
+class Onward(asyncssh.SSHClientSession[bytes]):
+    """The host side of one bridged channel."""
+
+    def __init__(self, proxy: ProxySession) -> None:
+        self.proxy = proxy
+        self.exit_status: int | None = None
+        self.exit_signal: tuple[str, bool, str] | None = None
+        proxy.onward = self  # the host may answer (and even close) before create_session returns
+
+    def connection_made(self, chan: asyncssh.SSHClientChannel[bytes]) -> None:
+        self.proxy.onward_chan = chan
+
+    def data_received(self, data: bytes, datatype: asyncssh.DataType) -> None:
+        self.proxy.from_host(data, datatype)
+
+    def eof_received(self) -> bool:
+        self.proxy.host_eof()
+        return True
+
+    def exit_status_received(self, status: int) -> None:
+        self.exit_status = status
+
+    def exit_signal_received(self, signal: str, core_dumped: bool, msg: str, lang: str) -> None:
+        self.exit_signal = (signal, core_dumped, msg)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.proxy.host_closed(exc)
+
+    def pause_writing(self) -> None:
+        self.proxy.pause_client()
+
+    def resume_writing(self) -> None:
+        self.proxy.resume_client()
+
+
+class ProxySession(asyncssh.SSHServerSession[bytes]):
+    """The client side of one bridged channel; also the unit of recording and enforcement."""
+
+    def __init__(self, client: ClientConnection) -> None:
+        self.client = client
+        self.chan: asyncssh.SSHServerChannel[bytes] | None = None
+        self.onward_chan: asyncssh.SSHClientChannel[bytes] | None = None
+        self.onward: Onward | None = None
+        self.recorder: Recorder | None = None
+        self.sftp: SftpObserver | None = None
+        self.kind = "shell"
+        self.command: str | None = None
+        self.term: tuple[str, tuple[int, int, int, int], dict[int, int]] | None = None
+        self.session_id = ""
+        self.started = time.time()
+        self.bytes_in = 0
+        self.bytes_out = 0
+        self.warned = False
+        self.ending: str | None = None
+        self._closed = False
+        self._paused_client = 0
+        self._task: asyncio.Task[None] | None = None
+        self._attached = False
+        self._early: list[bytes] = []
+        self._early_eof = False
+
+    # -- the client's requests -------------------------------------------------------------------
+    def connection_made(self, chan: asyncssh.SSHServerChannel[bytes]) -> None:
+        self.chan = chan
+
+    def pty_requested(self, term_type: str, term_size: tuple[int, int, int, int], term_modes: Any) -> bool:
+        cols, rows = term_size[0], term_size[1]
+        if not (term_type.isprintable() and len(term_type) <= 64) or max(cols, rows) > _MAX_DIMENSION:
+            return False
+        self.term = (term_type, term_size, dict(term_modes))
+        return True
+
+    def shell_requested(self) -> bool:
+        self.kind = "shell"
+        return True
+
+    def exec_requested(self, command: str) -> bool:
+        if len(command) > 64 * 1024:
+            return False
+        self.kind, self.command = "exec", command
+        return True
+
+    def subsystem_requested(self, subsystem: str) -> bool:
+        if subsystem != "sftp":
+            return False  # nothing else can be recorded meaningfully: refused
+        self.kind = "sftp"
+        return True
+
+    def session_started(self) -> None:
+        self._task = asyncio.get_running_loop().create_task(self._start())
+
+    async def _start(self) -> None:
+        try:
+            await self.client.open_channel(self)
+        except Exception as exc:  # noqa: BLE001 - every failure ends the session with a message, not a hang
+            message = str(exc) or type(exc).__name__
+            log.warning("session %s not started: %s", self.session_id or "-", message)
+            self.fail(f"jit-ssh: {message}")
+
+    def begin_recording(self, recorder: Recorder) -> None:
+        """Set before the host's channel opens, so that nothing the host sends goes unrecorded."""
+        self.recorder = recorder
+        if self.kind == "sftp":
+            self.sftp = SftpObserver(self._sftp_op)
+
+    def attach(self) -> None:
+        """The host's channel is open and its request sent: let the client's data flow."""
+        self._attached = True
+        early, self._early = self._early, []
+        for data in early:
+            self.data_received(data, None)
+        if self._early_eof:
+            self.eof_received()
+        if self.chan is not None and not self._closed:
+            self.chan.resume_reading()
+
+    def _sftp_op(self, op: dict[str, Any]) -> None:
+        self._record(lambda r: r.meta({"sftp": op}))
+
+    # -- data, both ways -------------------------------------------------------------------------
+    def _record(self, action: Callable[[Recorder], None]) -> bool:
+        if self.recorder is None:
+            return False
+        try:
+            action(self.recorder)
+        except RecordingError as exc:
+            self.end(f"recording failed, session closed: {exc.message}")
+            return False
+        return True
+
+    def data_received(self, data: bytes, datatype: asyncssh.DataType) -> None:
+        if not self._attached:
+            # asyncssh resumes reading when it reports the session started; hold what comes early.
+            self._early.append(data)
+            if self.chan is not None:
+                self.chan.pause_reading()
+            return
+        if self.onward_chan is None or self._closed:
+            return
+        self.bytes_in += len(data)
+        if self.sftp is not None:
+            self.sftp.client_data(data)
+        elif not self._record(lambda r: r.data("i", data)):
+            return
+        self.onward_chan.write(data)
+
+    def from_host(self, data: bytes, datatype: asyncssh.DataType) -> None:
+        if self.chan is None or self._closed:
+            return
+        self.bytes_out += len(data)
+        stream = "e" if datatype == _STDERR else "o"
+        if self.sftp is not None:
+            self.sftp.server_data(data)
+        elif not self._record(lambda r: r.data(stream, data)):
+            return
+        self.chan.write(data, datatype)
+
+    def eof_received(self) -> bool:
+        if not self._attached:
+            self._early_eof = True
+        elif self.onward_chan is not None:
+            self.onward_chan.write_eof()
+        return True  # half-open until the host closes
+
+    def host_eof(self) -> None:
+        if self.chan is not None and not self._closed:
+            self.chan.write_eof()
+
+    def terminal_size_changed(self, width: int, height: int, pixwidth: int, pixheight: int) -> None:
+        if max(width, height) > _MAX_DIMENSION:
+            return
+        if self.term is not None:
+            self.term = (self.term[0], (width, height, pixwidth, pixheight), self.term[2])
+        if self.onward_chan is not None:
+            self._record(lambda r: r.resize(width, height))
+            self.onward_chan.change_terminal_size(width, height, pixwidth, pixheight)
+
+    def signal_received(self, signal: str) -> None:
+        if self.onward_chan is not None and signal.isalnum() and len(signal) <= 16:
+            self._record(lambda r: r.meta({"signal": signal}))
+            self.onward_chan.send_signal(signal)
+
+    def break_received(self, msec: int) -> bool:
+        if self.onward_chan is None:
+            return False
+        self._record(lambda r: r.meta({"break": msec}))
+        self.onward_chan.send_break(msec)
+        return True
+
+    # -- flow control ----------------------------------------------------------------------------
+    def pause_writing(self) -> None:  # the client is slow: stop reading the host
+        if self.onward_chan is not None:
+            self.onward_chan.pause_reading()
+
+    def resume_writing(self) -> None:
+        if self.onward_chan is not None:
+            self.onward_chan.resume_reading()
+
+    def pause_client(self) -> None:  # the host is slow: stop reading the client
+        self._paused_client += 1
+        if self.chan is not None and self._paused_client == 1:
+            self.chan.pause_reading()
+
+    def resume_client(self) -> None:
+        self._paused_client = max(0, self._paused_client - 1)
+        if self.chan is not None and self._paused_client == 0:
+            self.chan.resume_reading()
+
+    def flush(self) -> None:
+        """Push buffered recording to disk (the broker calls this at least once a second)."""
+        self._record(lambda r: r.flush())
+
+    # -- ends ------------------------------------------------------------------------------------
+    def notice(self, text: str) -> None:
+        """A line from jit-ssh to the user's terminal (stderr without a terminal); recorded."""
+        if self.chan is None or self._closed:
+            return
+        data = f"\r\n[jit-ssh] {text}\r\n".encode()
+        self._record(lambda r: r.meta({"notice": text}))
+        self.chan.write(data, None if self.term else _STDERR)
+
+    def fail(self, message: str) -> None:
+        """End a session that could not start: the message on stderr, exit status 255 (as ssh does)."""
+        if self._closed:
+            return
+        self.ending = message
+        self._finish()
+        if self.onward_chan is not None:
+            self.onward_chan.close()
+        if self.chan is not None:
+            self.chan.write((message + "\r\n" if self.term else message + "\n").encode(), _STDERR)
+            self.chan.exit(255)
+
+    def end(self, reason: str) -> None:
+        """Cut the session off (expiry, revocation, recording failure); the host channel closes too."""
+        if self._closed:
+            return
+        self.ending = reason
+        self.notice(reason)
+        if self.onward_chan is not None:
+            self.onward_chan.close()
+        self._finish()
+        if self.chan is not None:
+            self.chan.exit(255)
+
+    def host_closed(self, exc: Exception | None) -> None:
+        if self._closed:
+            return
+        self._finish()
+        chan, onward = self.chan, self.onward
+        if chan is None:
+            return
+        if onward is not None and onward.exit_signal is not None:
+            signal, core, msg = onward.exit_signal
+            chan.exit_with_signal(signal, core, msg)
+        elif onward is not None and onward.exit_status is not None:
+            chan.exit(onward.exit_status)
+        else:
+            if exc is not None:
+                chan.write(f"jit-ssh: the connection to the host was lost: {exc}\n".encode(), _STDERR)
+            chan.exit(255)
+
+    def _finish(self) -> None:
+        self._closed = True
+        self.client.channel_finished(self)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self.onward_chan is not None:
+            self.onward_chan.close()
+        if not self._closed:
+            self.ending = self.ending or "client disconnected"
+            self._finish()
+        if self._task is not None and not self._task.done():
+            self._task.cancel()

@@ -1,0 +1,252 @@
+"""One client connection to the broker, with its two faces.
+
+* Control face: the SSH user name is a jit-ssh user name, the key an enrolled one; exec runs one
+  control command (broker/control.py).
+* Session face: the SSH user name is ``LOGIN@HOST`` and the key a certificate from the user CA. Before
+  asyncssh checks the certificate (CA, principal, window, source-address, signature), the broker checks
+  the grant behind it (invariant 4): serial issued and not revoked, request approved and active now,
+  host and login among those approved. A refusal is audited and told to the client in an auth banner.
+  Each session channel is then bridged to the host over the broker's own connection, authenticated
+  by a per-connection onward certificate from the access CA (invariant 3), and recorded.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import secrets
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
+
+import asyncssh
+from jit_ssh.ca import AccessDenied, Certificate, CertificateError, InputError, JitSshError, PublicKey
+
+from .proxy import Onward, ProxySession, allowed_env
+from .recorder import Recorder
+
+if TYPE_CHECKING:
+    from .server import Broker
+
+__all__ = ["ClientConnection", "Grant"]
+
+log = logging.getLogger("jit_ssh.broker.session")
+
+
+@dataclass(frozen=True, slots=True)
+class Grant:
+    """What one engineer's certificate may open, as the store says now."""
+
+    request_id: int
+    user: str
+    host: str
+    address: str
+    port: int
+    host_key: str | None
+    login: str
+    starts_at: float
+    expires_at: float
+    extensions: tuple[str, ...]
+    serial: int
+    key_id: str
+
+
+def new_session_id() -> str:
+    return datetime.now(UTC).strftime("%Y%m%dT%H%M%S") + "-" + secrets.token_hex(4)
+
+
+class ClientConnection(asyncssh.SSHServer):
+    """Authentication decisions (each denying by default) and the channels of one connection."""
+
+    def __init__(self, broker: Broker) -> None:
+        self.broker = broker
+        self.conn: asyncssh.SSHServerConnection | None = None
+        self.peer = "?"
+        self.peer_host = ""
+        self.user: str | None = None  # control face
+        self.grant: Grant | None = None  # session face
+        self.cert: Certificate | None = None
+        self._candidates: dict[bytes, tuple[Grant, Certificate]] = {}
+        self.session_id = new_session_id()
+        self._channels = 0
+        self._onward: asyncssh.SSHClientConnection | None = None
+        self._onward_serial: int | None = None
+        self._onward_lock = asyncio.Lock()
+        self.live: set[ProxySession] = set()
+
+    # -- authentication --------------------------------------------------------------------------
+    def connection_made(self, conn: asyncssh.SSHServerConnection) -> None:
+        self.conn = conn
+        peer = conn.get_extra_info("peername")
+        if peer:
+            self.peer_host = str(peer[0])
+            self.peer = f"{peer[0]}:{peer[1]}"
+        # asyncssh hands an SSHServer only the CA key of a certificate, but invariant 4 needs its
+        # serial and the grant behind it: look at the presented blob before asyncssh's own checks.
+        original = conn.validate_public_key
+
+        async def validate(username: str, key_data: bytes, msg: bytes, signature: bytes) -> bool:
+            if "@" in username and not await self._check_certificate(username, key_data, final=bool(msg)):
+                return False
+            accepted = await original(username, key_data, msg, signature)
+            if accepted and msg and "@" in username:
+                self.grant, self.cert = self._candidates[key_data]
+            return accepted
+
+        conn.validate_public_key = validate  # type: ignore[method-assign]
+
+    async def _check_certificate(self, username: str, key_data: bytes, *, final: bool) -> bool:
+        if key_data in self._candidates:
+            return True
+        try:
+            cert = Certificate.from_blob(key_data)
+        except (CertificateError, InputError):
+            return False  # not a certificate: the session face takes nothing else
+        try:
+            grant = await asyncio.to_thread(self.broker.session_grant, username, cert, self.peer, final)
+        except AccessDenied as exc:
+            if final and self.conn is not None:
+                self.conn.send_auth_banner(f"jit-ssh: access refused: {exc.message}\r\n")
+            return False
+        self._candidates[key_data] = (grant, cert)
+        return True
+
+    def begin_auth(self, username: str) -> bool:
+        return True
+
+    def password_auth_supported(self) -> bool:
+        return False
+
+    def kbdint_auth_supported(self) -> bool:
+        return False
+
+    def public_key_auth_supported(self) -> bool:
+        return True
+
+    def validate_ca_key(self, username: str, key: asyncssh.SSHKey) -> bool:
+        # Only the user CA, and only for the session face (LOGIN@HOST user names).
+        return "@" in username and key.public_data == self.broker.user_ca_key.blob
+
+    async def validate_public_key(self, username: str, key: asyncssh.SSHKey) -> bool:
+        if "@" in username:
+            return False  # LOGIN@HOST is the session face: certificates only
+        try:
+            public = PublicKey(key.public_data)
+        except InputError:
+            return False
+        user = await self.broker.authenticate(username, public, self.peer)
+        if user is None:
+            return False
+        self.user = user
+        return True
+
+    def session_requested(self) -> asyncssh.SSHServerSession[bytes] | bool:
+        if self.grant is not None:
+            return ProxySession(self)
+        if self.user is not None:
+            return self.broker.control_session(self.user)
+        return False
+
+    def connection_requested(self, dest_host: str, dest_port: int, orig_host: str, orig_port: int) -> bool:
+        # Port forwarding is not recorded yet, so it is refused whatever the grant says.
+        return False
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        for session in list(self.live):
+            session.connection_lost(exc)
+        if self._onward is not None:
+            self._onward.close()
+            self._onward = None
+
+    # -- channels --------------------------------------------------------------------------------
+    async def _onward_connection(self, grant: Grant) -> asyncssh.SSHClientConnection:
+        async with self._onward_lock:
+            if self._onward is not None:
+                return self._onward
+            self._onward, self._onward_serial = await self.broker.connect_onward(grant, self.session_id)
+            return self._onward
+
+    async def open_channel(self, proxy: ProxySession) -> None:
+        """Check the grant again, start the recording, open the host's channel, attach them."""
+        grant, cert, chan = self.grant, self.cert, proxy.chan
+        if grant is None or cert is None or chan is None:
+            raise AccessDenied("no grant on this connection")
+        await asyncio.to_thread(self.broker.recheck_grant, grant)
+        self._channels += 1
+        proxy.session_id = f"{self.session_id}-{self._channels}"
+        term = proxy.term
+        size = term[1] if term else (80, 24, 0, 0)
+        header = {
+            "version": 2,
+            "width": size[0] or 80,
+            "height": size[1] or 24,
+            "timestamp": time.time(),
+            "title": f"{grant.user}: {grant.login}@{grant.host} ({proxy.kind})",
+            "env": {"TERM": term[0] if term else "", "SHELL": ""},
+            "jit_ssh": {
+                "session": proxy.session_id, "request": grant.request_id, "user": grant.user,
+                "host": grant.host, "login": grant.login, "key_id": cert.key_id, "serial": cert.serial,
+                "kind": proxy.kind, "pty": term is not None, "command": proxy.command, "peer": self.peer,
+            },
+        }  # fmt: skip
+        path = self.broker.recording_path(proxy.session_id)
+        recorder = await asyncio.to_thread(
+            Recorder.open, path, header, capture_limit=self.broker.config.capture_limit,
+            full_capture=term is not None,
+        )  # fmt: skip
+        try:
+            onward_conn = await self._onward_connection(grant)
+        except JitSshError as exc:
+            recorder.close({"error": exc.message})
+            raise
+        await asyncio.to_thread(self.broker.session_started, proxy, grant, cert, path, self._onward_serial, self.peer)
+        proxy.begin_recording(recorder)
+        if proxy.command is not None:
+            recorder.meta({"exec": proxy.command})
+        self.live.add(proxy)
+        self.broker.register(grant.request_id, proxy)
+        env = allowed_env(chan.get_environment())
+        options: dict[str, Any] = {"env": env, "encoding": None}
+        if term is not None:
+            options.update(request_pty=True, term_type=term[0], term_size=term[1], term_modes=term[2])
+        else:
+            options["request_pty"] = False
+        if proxy.kind == "sftp":
+            options["subsystem"] = "sftp"
+        try:
+            await onward_conn.create_session(
+                lambda: Onward(proxy), proxy.command if proxy.kind == "exec" else None, **options
+            )
+        except asyncssh.ChannelOpenError as exc:
+            raise JitSshError(f"host {grant.host} refused a new session: {exc.reason}") from exc
+        except (OSError, asyncssh.Error) as exc:
+            raise JitSshError(f"lost the connection to host {grant.host}: {exc}") from exc
+        proxy.attach()
+
+    def channel_finished(self, proxy: ProxySession) -> None:
+        self.live.discard(proxy)
+        grant = self.grant
+        if grant is not None:
+            self.broker.unregister(grant.request_id, proxy)
+        recorder = proxy.recorder
+        if recorder is None:
+            return
+        onward = proxy.onward
+        summary: dict[str, Any] = {
+            "reason": proxy.ending or "closed",
+            "bytes_in": proxy.bytes_in,
+            "bytes_out": proxy.bytes_out,
+        }
+        if onward is not None:
+            summary["exit_status"] = onward.exit_status
+            if onward.exit_signal is not None:
+                summary["exit_signal"] = onward.exit_signal[0]
+        if proxy.sftp is not None:
+            proxy.sftp.close()
+        try:
+            size, digest = recorder.close(summary)
+        except JitSshError as exc:
+            log.warning("recording %s could not be closed cleanly: %s", recorder.path, exc)
+            size, digest = recorder.size, ""
+        self.broker.spawn(asyncio.to_thread(self.broker.session_ended, proxy.session_id, summary, size, digest))
