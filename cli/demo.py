@@ -27,9 +27,7 @@ HOST = "prod-web-3"
 
 
 def demo(
-    keep: Annotated[
-        bool, typer.Option("--keep", help="Leave the demo host running and print how to use it.")
-    ] = False,
+    keep: Annotated[bool, typer.Option("--keep", help="Leave the demo host running and print how to use it.")] = False,
 ) -> None:
     """Run jit-ssh end to end on this machine, in a temporary folder, and clean up."""
     workdir = Path(tempfile.mkdtemp(prefix="jit-ssh-demo-"))
@@ -75,9 +73,7 @@ def demo(
         )
 
         known_hosts = workdir / "known_hosts"
-        known_hosts.write_text(
-            f"@cert-authority {HOST} {host_ca.public_key.to_openssh()}\n", encoding="utf-8"
-        )
+        known_hosts.write_text(f"@cert-authority {HOST} {host_ca.public_key.to_openssh()}\n", encoding="utf-8")
         argv = [
             "ssh", *ssh_base_options(known_hosts=known_hosts, host_key_alias=HOST),
             "-i", str(workdir / "id_ed25519"), "-o", f"CertificateFile={cert_path}",
@@ -99,9 +95,7 @@ def demo(
         console.print(f"    [green]refused as expected[/] (ssh exit {refused.returncode})")
         if keep:
             pid = sshd.process.pid if sshd.process else "?"
-            console.print(
-                f"Left running in {workdir}. Log in with:\n  {' '.join(argv)}\nStop sshd with: kill {pid}"
-            )
+            console.print(f"Left running in {workdir}. Log in with:\n  {' '.join(argv)}\nStop sshd with: kill {pid}")
             sshd = None
             return
         step("Done")

@@ -10,7 +10,7 @@ from typing import Annotated
 import typer
 from jit_ssh.ca import JitSshError
 
-from . import access_cmds, admin_cmds, ca_cmds, config_cmds, demo
+from . import access_cmds, admin_cmds, ca_cmds, config_cmds, connect_cmd, demo
 from .output import print_error
 
 __all__ = ["app", "run"]
@@ -26,6 +26,7 @@ app.add_typer(ca_cmds.app, name="ca")
 app.add_typer(config_cmds.app, name="config")
 app.command("demo")(demo.demo)
 access_cmds.register(app)
+app.command("connect")(connect_cmd.connect)
 admin_cmds.register(app)
 
 
@@ -53,9 +54,25 @@ def main(
     """Temporary, approved, recorded SSH access to production."""
 
 
+_GLOBAL_FLAGS = frozenset({"--verbose", "-v", "--version", "--help", "--install-completion", "--show-completion"})
+
+
+def route_host(args: list[str]) -> list[str]:
+    """``jit-ssh HOST ...`` means ``jit-ssh connect HOST ...``: a first word that is not a subcommand
+    is a host. A host named like a subcommand is reached with ``jit-ssh connect HOST``."""
+    commands = {c.name for c in app.registered_commands} | {g.name for g in app.registered_groups}
+    for index, word in enumerate(args):
+        if word in _GLOBAL_FLAGS:
+            continue
+        if word.startswith("-") or word in commands:
+            return args
+        return [*args[:index], "connect", *args[index:]]
+    return args
+
+
 def run(argv: list[str] | None = None) -> None:
     """Console-script entry point."""
-    args = sys.argv[1:] if argv is None else argv
+    args = route_host(sys.argv[1:] if argv is None else argv)
     verbose = "--verbose" in args or "-v" in args
     try:
         app(args=args, prog_name="jit-ssh")

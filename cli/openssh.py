@@ -103,9 +103,7 @@ class LocalSshd:
         if not self.host_key_path.exists():
             self.host_key = generate_ssh_key(self.host_key_path, comment=f"host key of {self.name}")
         else:
-            self.host_key = PublicKey.parse(
-                self.host_key_path.with_suffix(".pub").read_text(encoding="utf-8")
-            )
+            self.host_key = PublicKey.parse(self.host_key_path.with_suffix(".pub").read_text(encoding="utf-8"))
         lines = [
             "ListenAddress 127.0.0.1",
             f"HostKey {self.host_key_path}",
@@ -143,9 +141,7 @@ class LocalSshd:
             cert_path = self.host_key_path.with_name(self.host_key_path.name + "-cert.pub")
             cert_path.write_text(cert.to_openssh() + "\n", encoding="utf-8")
             lines.append(f"HostCertificate {cert_path}")
-        (self.root / "trusted_user_ca_keys.pub").write_text(
-            self.trusted_user_ca.to_openssh() + "\n", encoding="utf-8"
-        )
+        (self.root / "trusted_user_ca_keys.pub").write_text(self.trusted_user_ca.to_openssh() + "\n", encoding="utf-8")
         if not self.krl_path.exists():
             self.write_krl(KRL.build(version=0))
         config = self.root / "sshd_config"
