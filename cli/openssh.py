@@ -40,6 +40,7 @@ def free_port() -> int:
 
 def generate_ssh_key(path: Path, *, comment: str = "") -> PublicKey:
     """An unencrypted Ed25519 key pair made by ``ssh-keygen``, as an engineer would have."""
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
     subprocess.run(
         ["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", comment, "-f", str(path)],
         check=True,
