@@ -21,12 +21,14 @@ import tomllib
 from collections.abc import Mapping
 from pathlib import Path
 
+from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 
 from .errors import CAKeyError, InputError
 from .keys import PublicKey
 from .signer import KeySigner, KeyType, PrivateKey, generate_private_key
+from .wire import Reader
 
 __all__ = [
     "PASSPHRASE_ENV",
@@ -40,6 +42,7 @@ PASSPHRASE_ENV = "JIT_SSH_CA_PASSPHRASE"  # noqa: S105 - a variable name, not a 
 PASSPHRASE_FILE_ENV = "JIT_SSH_CA_PASSPHRASE_FILE"  # noqa: S105
 _MIN_PASSPHRASE = 8
 _MAX_KEY_FILE = 64 * 1024
+_MAX_KDF_ROUNDS = 1024  # ssh-keygen and cryptography write 16
 _META = "ca.toml"
 
 
@@ -198,7 +201,7 @@ class CADirectory:
             raise CAKeyError(f"CA key {path} is encrypted: set {PASSPHRASE_ENV} or {PASSPHRASE_FILE_ENV}")
         try:
             key = serialization.load_ssh_private_key(data, passphrase if encrypted else None)
-        except ValueError as exc:
+        except (ValueError, UnsupportedAlgorithm) as exc:  # a damaged cipher, KDF or key type name
             if encrypted:
                 raise CAKeyError(
                     f"cannot decrypt CA key {path}: wrong passphrase, or the file is damaged"
@@ -223,10 +226,20 @@ def _openssh_header(data: bytes, path: Path) -> bytes:
     except (binascii.Error, ValueError) as exc:
         raise CAKeyError(f"CA key {path} is damaged: its base64 does not decode") from exc
     magic = b"openssh-key-v1\x00"
-    if not raw.startswith(magic) or len(raw) < len(magic) + 4:
+    if not raw.startswith(magic):
         raise CAKeyError(f"CA key {path} is damaged: no openssh-key-v1 header")
-    length = int.from_bytes(raw[len(magic) : len(magic) + 4], "big")
-    return raw[len(magic) + 4 : len(magic) + 4 + length]
+    reader = Reader(raw[len(magic) :], "CA key header")
+    try:
+        cipher, kdf, options = reader.string(), reader.string(), Reader(reader.string(), "CA key KDF options")
+        if kdf == b"bcrypt":
+            options.string()  # salt
+            rounds = options.uint32()
+            # A damaged rounds field would otherwise keep the KDF busy for hours or years.
+            if rounds > _MAX_KDF_ROUNDS:
+                raise CAKeyError(f"CA key {path} is damaged: bcrypt KDF rounds {rounds} exceed {_MAX_KDF_ROUNDS}")
+    except InputError as exc:
+        raise CAKeyError(f"CA key {path} is damaged: {exc}") from exc
+    return cipher
 
 
 def _all_files(directory: Path) -> list[Path]:

@@ -11,6 +11,7 @@ import base64
 import binascii
 import functools
 import ipaddress
+import math
 import os
 import struct
 from collections.abc import Iterable, Sequence
@@ -279,7 +280,12 @@ def _window(
     length = end - start
     if length > max_validity:
         raise CertificateError(f"validity window of {length} is longer than the maximum {max_validity}")
-    return int((start - backdate).timestamp()), int(end.timestamp())
+    # The wire holds whole seconds: round inwards, so that the certificate neither starts more than
+    # ``backdate`` early nor ends after ``valid_until``, and refuse a window that rounds to nothing.
+    after, before = math.ceil((start - backdate).timestamp()), math.floor(end.timestamp())
+    if before <= after or before <= current.timestamp():
+        raise CertificateError("validity window is shorter than one whole second")
+    return after, before
 
 
 def _check_serial(serial: int) -> None:
@@ -411,8 +417,8 @@ def mint_user_certificate(
     if source_address is not None:
         critical.append(("source-address", _source_address(source_address)))
     if force_command is not None:
-        if not 0 < len(force_command) <= _MAX_FORCE_COMMAND or "\x00" in force_command:
-            raise CertificateError("force-command must be 1-4096 characters without NUL")
+        if not 0 < len(force_command) <= _MAX_FORCE_COMMAND or "\x00" in force_command or not _is_utf8(force_command):
+            raise CertificateError("force-command must be 1-4096 characters of UTF-8 text without NUL")
         critical.append(("force-command", force_command))
     window = _window(
         valid_from,
@@ -433,6 +439,15 @@ def mint_user_certificate(
         critical_options=critical,
         extension_names=wanted,
     )
+
+
+def _is_utf8(text: str) -> bool:
+    # A str can hold lone surrogates, which have no UTF-8 form and would fail at encoding time.
+    try:
+        text.encode()
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _source_address(values: Sequence[str]) -> str:

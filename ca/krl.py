@@ -137,8 +137,9 @@ class KRL:
             else:
                 raise KRLError(f"KRL has an unknown section type {kind}")
         return cls(
-            serials={k: frozenset(v) for k, v in serials.items()},
-            key_ids={k: frozenset(v) for k, v in key_ids.items()},
+            # Only non-empty sets, as build() keeps them, so that a KRL reads back equal to what was built.
+            serials={k: frozenset(v) for k, v in serials.items() if v},
+            key_ids={k: frozenset(v) for k, v in key_ids.items() if v},
             keys=frozenset(keys),
             version=version,
             generated=generated,

@@ -28,7 +28,8 @@ _LOGIN = re.compile(r"[a-z_][a-z0-9_.-]{0,31}")
 # control characters; we keep to a conservative ASCII set so a principal cannot smuggle syntax into
 # an AuthorizedPrincipalsFile or a log line.
 _PRINCIPAL = re.compile(r"[A-Za-z0-9._@:+=-]{1,255}")
-_DURATION = re.compile(r"(?:(\d+)d)?(?:(\d+)h)?(?:(\d+)m)?(?:(\d+)s)?")
+# ASCII digits only: \d and str.isdigit() also match other scripts' digits and superscripts.
+_DURATION = re.compile(r"(?:(\d+)d)?(?:(\d+)h)?(?:(\d+)m)?(?:(\d+)s)?", re.ASCII)
 
 
 def _shown(value: str) -> str:
@@ -73,7 +74,7 @@ def check_key_id(value: str) -> str:
 def parse_duration(text: str) -> timedelta:
     """Parse ``90s``, ``30m``, ``4h``, ``1h30m``, ``2d``; a bare number means minutes."""
     value = text.strip().lower()
-    if value.isdigit() and len(value) <= 6:
+    if value.isascii() and value.isdigit() and len(value) <= 6:
         result = timedelta(minutes=int(value))
     else:
         match = _DURATION.fullmatch(value)
