@@ -15,18 +15,29 @@ A file cut short (a broker killed mid-session) reads up to its last complete fra
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import codecs
 import json
 import struct
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
 from jit_ssh.ca import JitSshError
 
-__all__ = ["MAGIC", "Frame", "RecordingFormatError", "encode_frame", "read_recording", "to_asciicast"]
+__all__ = [
+    "MAGIC",
+    "AsciicastWriter",
+    "Frame",
+    "RecordingFormatError",
+    "TextStream",
+    "encode_frame",
+    "follow_frames",
+    "read_recording",
+    "to_asciicast",
+]
 
 MAGIC = b"JITSSH-REC1\n"
 _FRAME = struct.Struct(">cdI")
@@ -111,35 +122,84 @@ class TextStream:
         return text, None
 
 
-def to_asciicast(path: Path, out: IO[str]) -> dict[str, Any]:
-    """Write ``path`` as asciicast v2 to ``out``; returns the header.
+class AsciicastWriter:
+    """Turns frames into asciicast v2 lines, incrementally (for export, replay and live watching).
 
     ``o`` events carry stdout and stderr as a terminal shows them, ``i`` input, ``r`` resizes as
     ``COLSxROWS``; jit-ssh's metadata becomes ``x`` events, which asciinema skips. Bytes that are not
     UTF-8 appear as U+FFFD in ``o`` and exactly, base64, in an ``x`` event beside it.
     """
-    header, frames, _ = read_recording(path)
-    out.write(_encode(header) + "\n")
-    streams = {"o": TextStream(), "e": TextStream(), "i": TextStream()}
-    last = 0.0
-    for frame in frames:
-        last = frame.time
+
+    def __init__(self) -> None:
+        self.streams = {"o": TextStream(), "e": TextStream(), "i": TextStream()}
+        self.last = 0.0
+
+    @staticmethod
+    def header(header: dict[str, Any]) -> str:
+        return _encode(header) + "\n"
+
+    def frame(self, frame: Frame) -> str:
+        self.last = frame.time
         stamp = f"{frame.time:.6f}"
-        if frame.code in streams:
-            text, raw = streams[frame.code].decode(frame.payload)
-            code = "i" if frame.code == "i" else "o"
+        if frame.code in self.streams:
+            text, raw = self.streams[frame.code].decode(frame.payload)
+            out = ""
             if text:
-                out.write(f"[{stamp}, {_encode(code)}, {_encode(text)}]\n")
+                out = f"[{stamp}, {_encode('i' if frame.code == 'i' else 'o')}, {_encode(text)}]\n"
             if raw is not None:
                 raw_event = {"raw": frame.code, "base64": base64.b64encode(raw).decode()}
-                out.write(f'[{stamp}, "x", {_encode(raw_event)}]\n')
-        elif frame.code == "r":
-            out.write(f'[{stamp}, "r", {_encode(frame.payload.decode())}]\n')
-        else:
-            out.write(f'[{stamp}, "x", {frame.payload.decode("utf-8", "replace")}]\n')
-    for name, stream in streams.items():
-        text, raw = stream.decode(b"", final=True)
-        if raw or text:
-            leftover = {"raw": name, "base64": base64.b64encode(raw or text.encode()).decode()}
-            out.write(f'[{last:.6f}, "x", {_encode(leftover)}]\n')
+                out += f'[{stamp}, "x", {_encode(raw_event)}]\n'
+            return out
+        if frame.code == "r":
+            return f'[{stamp}, "r", {_encode(frame.payload.decode("ascii", "replace"))}]\n'
+        return f'[{stamp}, "x", {frame.payload.decode("utf-8", "replace")}]\n'
+
+    def finish(self) -> str:
+        out = ""
+        for name, stream in self.streams.items():
+            text, raw = stream.decode(b"", final=True)
+            if raw or text:
+                leftover = {"raw": name, "base64": base64.b64encode(raw or text.encode()).decode()}
+                out += f'[{self.last:.6f}, "x", {_encode(leftover)}]\n'
+        return out
+
+
+def to_asciicast(path: Path, out: IO[str]) -> dict[str, Any]:
+    """Write ``path`` as asciicast v2 to ``out``; returns the header."""
+    header, frames, _ = read_recording(path)
+    writer = AsciicastWriter()
+    out.write(writer.header(header))
+    for frame in frames:
+        out.write(writer.frame(frame))
+    out.write(writer.finish())
     return header
+
+
+async def follow_frames(
+    path: Path, *, live: Callable[[], bool], poll: float = 0.2
+) -> AsyncIterator[tuple[dict[str, Any], Frame | None]]:
+    """The header, then every frame, following the file while ``live()`` says the session runs.
+
+    Yields ``(header, None)`` first. A frame still being written is waited for, never cut.
+    """
+    handle = path.open("rb")
+    try:
+        if handle.read(len(MAGIC)) != MAGIC:
+            raise RecordingFormatError(f"{path} is not a jit-ssh recording")
+        header = json.loads(handle.readline(_MAX_HEADER))
+        yield header, None
+        while True:
+            start = handle.tell()
+            head = handle.read(_FRAME.size)
+            if len(head) == _FRAME.size:
+                code, moment, length = _FRAME.unpack(head)
+                payload = handle.read(length)
+                if len(payload) == length:
+                    yield header, Frame(code.decode("latin-1"), moment, payload)
+                    continue
+            handle.seek(start)
+            if not live():
+                return
+            await asyncio.sleep(poll)
+    finally:
+        handle.close()

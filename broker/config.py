@@ -40,6 +40,7 @@ _BROKER_KEYS = frozenset(
         "capture_limit",
         "source_addresses",
         "warn_before",
+        "notify_watched",
     }
 )
 
@@ -74,6 +75,8 @@ class BrokerConfig:
     source_addresses: tuple[str, ...] = ("127.0.0.1", "::1")
     #: How long before a grant ends the user is warned in their terminal.
     warn_before: timedelta = timedelta(seconds=60)
+    #: Tell the user in their terminal when a reviewer starts watching their session.
+    notify_watched: bool = True
 
     @property
     def store_url(self) -> str:
@@ -172,4 +175,5 @@ class BrokerConfig:
             capture_limit=capture,
             source_addresses=tuple(sources),
             warn_before=warn,
+            notify_watched=bool(table.get("notify_watched", True)),
         )

@@ -9,16 +9,31 @@ unknown verbs and unknown or mistyped arguments are refused with a one-line reas
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
 from jit_ssh.ca import InputError, JitSshError, PublicKey
+from jit_ssh.ca.store import User
 from jit_ssh.ca.validate import parse_duration
 from jit_ssh.ca.workflow import Authority, RequestView
 
-__all__ = ["MAX_ARGUMENTS", "VERBS", "ControlContext", "dispatch", "error_reply", "parse_arguments"]
+from .review import check_reviewer, list_sessions, parse_since, session_detail, verify_sessions
+
+__all__ = [
+    "MAX_ARGUMENTS",
+    "STREAM_VERBS",
+    "VERBS",
+    "ControlContext",
+    "dispatch",
+    "error_reply",
+    "parse_arguments",
+    "require_reviewer",
+]
+
+log = logging.getLogger("jit_ssh.broker.control")
 
 MAX_ARGUMENTS = 64 * 1024
 
@@ -55,7 +70,23 @@ _SPECS: dict[str, _Spec] = {
     "cancel": {"id": (int, True)},
     "revoke": {"id": (int, True), "reason": (str, False)},
     "cert": {"id": (int, True), "public_key": (str, True)},
+    "sessions": {
+        "user": (str, False),
+        "host": (str, False),
+        "since": (str, False),
+        "active": (bool, False),
+        "request": (int, False),
+        "grep": (str, False),
+        "grep_output": (str, False),
+        "limit": (int, False),
+    },
+    "session": {"id": (str, True)},
+    "verify": {"id": (str, False)},
+    # Streaming verbs: asciicast v2 text on stdout instead of a JSON reply (see server.ControlSession).
+    "export": {"id": (str, True), "follow": (bool, False), "purpose": (str, False)},
+    "watch": {"id": (str, True)},
 }
+STREAM_VERBS = frozenset({"export", "watch"})
 VERBS = frozenset(_SPECS)
 
 
@@ -73,6 +104,8 @@ def parse_arguments(verb: str, raw: bytes) -> dict[str, Any]:
         args = json.loads(text) if text.strip() else {}
     except json.JSONDecodeError as exc:
         raise InputError(f"arguments are not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}") from exc
+    except (RecursionError, ValueError) as exc:  # nesting deeper than the parser's stack, a 5000-digit number
+        raise InputError("arguments are not valid JSON: nested too deeply or a number too long") from exc
     if not isinstance(args, dict):
         raise InputError("arguments must be one JSON object")
     spec = _SPECS[verb]
@@ -160,7 +193,28 @@ def run_command(ctx: ControlContext, verb: str, args: Mapping[str, Any]) -> Any:
             cert.valid_before,
             view,
         )
+    if verb in ("sessions", "session", "verify"):
+        require_reviewer(ctx)
+        store = authority.store
+        if verb == "sessions":
+            return list_sessions(
+                store, user=args.get("user"), host=args.get("host"),
+                since=parse_since(args["since"]) if "since" in args else None, active=args.get("active", False),
+                request=args.get("request"), grep=args.get("grep"), grep_output=args.get("grep_output"),
+                limit=args.get("limit", 200),
+            )  # fmt: skip
+        if verb == "session":
+            return session_detail(store, args["id"])
+        return verify_sessions(store, args.get("id"))
     raise InputError(f"unknown command {verb!r}")  # unreachable: parse_arguments checked the verb
+
+
+def require_reviewer(ctx: ControlContext) -> None:
+    """Listing, replaying and watching sessions is for the policy's reviewer groups."""
+    with ctx.authority.store.transaction() as session:
+        row = session.get(User, ctx.user)
+        groups = ctx.authority.policy.groups_of(ctx.user, row.groups if row else [])
+    check_reviewer(groups, ctx.authority.policy.reviewer_groups, ctx.user)
 
 
 def _cert_reply(line: str, serial: int, after: int, before: int, view: RequestView) -> dict[str, Any]:
@@ -188,3 +242,6 @@ def dispatch(ctx: ControlContext, verb: str, raw: bytes) -> tuple[dict[str, Any]
         return {"ok": True, "result": run_command(ctx, verb, args)}, 0
     except JitSshError as exc:
         return error_reply(exc), exc.exit_code
+    except Exception:  # a bug must cost one failed command, not a channel the client waits on forever
+        log.exception("control command %r of %s failed", verb[:32], ctx.user)
+        return error_reply(JitSshError(f"internal error in {verb[:32]!r}; the broker's log has the details")), 1

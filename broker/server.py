@@ -8,11 +8,12 @@ are seen within a second), and the recordings flushed at least once a second (in
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import signal
 import time
-from collections.abc import Coroutine, Mapping
+from collections.abc import Callable, Coroutine, Mapping
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -39,10 +40,20 @@ from jit_ssh.ca.validate import target_principal
 from jit_ssh.ca.workflow import Authority, RequestState
 from sqlmodel import col, select
 
+from .castlog import AsciicastWriter, follow_frames
 from .config import BrokerConfig
-from .control import MAX_ARGUMENTS, ControlContext, dispatch, error_reply
+from .control import (
+    MAX_ARGUMENTS,
+    STREAM_VERBS,
+    ControlContext,
+    dispatch,
+    error_reply,
+    parse_arguments,
+    require_reviewer,
+)
 from .notify import Notifier
 from .proxy import ProxySession
+from .review import index_recording, record_review, recording_of, save_index
 from .session import ClientConnection, Grant
 
 __all__ = ["Broker"]
@@ -422,6 +433,19 @@ class Broker:
                 details={**summary, "recording_sha256": digest, "recording_size": size},
             )  # fmt: skip
         log.info("session %s ended: %s", session_id, json.dumps(summary, default=str))
+        self.index_session(session_id)
+
+    def index_session(self, session_id: str) -> None:
+        """Index a closed recording for review; a failure leaves the recording as it is."""
+        with self.store.transaction() as session:
+            row = session.get(RecordedSession, session_id)
+        if row is None:
+            return
+        try:
+            index = index_recording(Path(row.recording_path), kind=row.kind, command=row.command, pty=row.pty)
+            save_index(self.store, session_id, index)
+        except (OSError, ValueError, ImportError, JitSshError) as exc:
+            log.warning("could not index session %s: %s", session_id, exc)
 
     # -- authentication (control face) -----------------------------------------------------------
     def audit_refusal(self, action: str, subject: str, details: dict[str, Any]) -> None:
@@ -453,6 +477,32 @@ class Broker:
     def control_session(self, user: str) -> ControlSession:
         return ControlSession(self, user)
 
+    def live_session(self, session_id: str) -> ProxySession | None:
+        for sessions in self.live.values():
+            for proxy in sessions:
+                if proxy.session_id == session_id:
+                    return proxy
+        return None
+
+    async def open_stream(self, user: str, verb: str, args: Mapping[str, Any]) -> tuple[Path, Callable[[], bool]]:
+        """Check and audit a replay, export or watch; returns the recording and a 'still live' test."""
+        session_id = str(args["id"])
+        purpose = str(args.get("purpose", "export")) if verb == "export" else "watch"
+        if purpose not in ("export", "replay", "watch"):
+            raise InputError(f"purpose must be export or replay, found {purpose[:20]!r}")
+
+        def check() -> Path:
+            require_reviewer(ControlContext(self.authority, user))
+            path, _ = recording_of(self.store, session_id)
+            record_review(self.store, actor=user, action=f"session.{purpose}", session_id=session_id)
+            return path
+
+        path = await asyncio.to_thread(check)
+        proxy = self.live_session(session_id)
+        if verb == "watch" and proxy is not None and self.config.notify_watched:
+            proxy.notice(f"{user} is watching this session")
+        return path, lambda: self.live_session(session_id) is not None
+
     async def run_control(self, user: str, command: str, raw: bytes) -> tuple[dict[str, Any], int]:
         started = time.monotonic()
         verb = command.strip().partition(" ")[0]
@@ -478,6 +528,9 @@ class ControlSession(asyncssh.SSHServerSession[bytes]):
         self.inline = b""
         self.buffer = bytearray()
         self.done = False
+        self.closed = False
+        self._writable = asyncio.Event()
+        self._writable.set()
         self._timer: asyncio.TimerHandle | None = None
 
     def connection_made(self, chan: asyncssh.SSHServerChannel[bytes]) -> None:
@@ -525,12 +578,51 @@ class ControlSession(asyncssh.SSHServerSession[bytes]):
         self.done = True
         if self._timer is not None:
             self._timer.cancel()
+        if self.command in STREAM_VERBS:
+            self.broker.spawn(self._stream(raw))
+            return
 
         async def go() -> None:
             reply, code = await self.broker.run_control(self.user, self.command, raw)
             self._send(reply, code)
 
         self.broker.spawn(go())
+
+    async def _stream(self, raw: bytes) -> None:
+        """export / watch: the recording as asciicast v2 text, following it while the session runs."""
+        try:
+            args = parse_arguments(self.command, raw)
+            path, live = await self.broker.open_stream(self.user, self.command, args)
+        except JitSshError as exc:
+            self._send(error_reply(exc), exc.exit_code)
+            return
+        writer = AsciicastWriter()
+        follow = self.command == "watch" or bool(args.get("follow"))
+        try:
+            async for header, frame in follow_frames(path, live=live if follow else lambda: False):
+                text = writer.header(header) if frame is None else writer.frame(frame)
+                if text and not await self._write(text.encode()):
+                    return
+            await self._write(writer.finish().encode())
+        except (OSError, JitSshError) as exc:
+            log.warning("streaming %s failed: %s", path, exc)
+        if self.chan is not None:
+            with contextlib.suppress(OSError, asyncssh.Error):
+                self.chan.exit(0)
+
+    async def _write(self, data: bytes) -> bool:
+        """Write with flow control: wait while the client cannot take more. False if it went away."""
+        if self.chan is None or self.closed:
+            return False
+        self.chan.write(data)
+        await self._writable.wait()
+        return not self.closed
+
+    def pause_writing(self) -> None:
+        self._writable.clear()
+
+    def resume_writing(self) -> None:
+        self._writable.set()
 
     def _reply(self, reply: dict[str, Any], code: int) -> None:
         self.done = True
@@ -546,5 +638,7 @@ class ControlSession(asyncssh.SSHServerSession[bytes]):
             pass  # the client went away; the command's effect (if any) is committed and audited
 
     def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        self._writable.set()
         if self._timer is not None:
             self._timer.cancel()

@@ -67,7 +67,8 @@ class ClientConnection(asyncssh.SSHServer):
         self.user: str | None = None  # control face
         self.grant: Grant | None = None  # session face
         self.cert: Certificate | None = None
-        self._candidates: dict[bytes, tuple[Grant, Certificate]] = {}
+        self._candidates: dict[tuple[str, bytes], tuple[Grant, Certificate]] = {}
+        self._refused: set[tuple[str, bytes]] = set()
         self.session_id = new_session_id()
         self._channels = 0
         self._onward: asyncssh.SSHClientConnection | None = None
@@ -87,29 +88,34 @@ class ClientConnection(asyncssh.SSHServer):
         original = conn.validate_public_key
 
         async def validate(username: str, key_data: bytes, msg: bytes, signature: bytes) -> bool:
-            if "@" in username and not await self._check_certificate(username, key_data, final=bool(msg)):
+            if "@" in username and not await self._check_certificate(username, key_data):
                 return False
             accepted = await original(username, key_data, msg, signature)
             if accepted and msg and "@" in username:
-                self.grant, self.cert = self._candidates[key_data]
+                self.grant, self.cert = self._candidates[username, key_data]
             return accepted
 
         conn.validate_public_key = validate  # type: ignore[method-assign]
 
-    async def _check_certificate(self, username: str, key_data: bytes, *, final: bool) -> bool:
-        if key_data in self._candidates:
+    async def _check_certificate(self, username: str, key_data: bytes) -> bool:
+        if (username, key_data) in self._candidates:
             return True
+        if (username, key_data) in self._refused:
+            return False  # told and audited once per connection, whether probed or signed
         try:
             cert = Certificate.from_blob(key_data)
         except (CertificateError, InputError):
             return False  # not a certificate: the session face takes nothing else
+        # OpenSSH probes with a key before it signs, and never signs once the probe is refused: the
+        # first refusal, probe or not, is the one the user must see and the audit log must hold.
         try:
-            grant = await asyncio.to_thread(self.broker.session_grant, username, cert, self.peer, final)
+            grant = await asyncio.to_thread(self.broker.session_grant, username, cert, self.peer, True)
         except AccessDenied as exc:
-            if final and self.conn is not None:
+            self._refused.add((username, key_data))
+            if self.conn is not None:
                 self.conn.send_auth_banner(f"jit-ssh: access refused: {exc.message}\r\n")
             return False
-        self._candidates[key_data] = (grant, cert)
+        self._candidates[username, key_data] = (grant, cert)
         return True
 
     def begin_auth(self, username: str) -> bool:

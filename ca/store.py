@@ -33,6 +33,7 @@ __all__ = [
     "Host",
     "IssuedCertificate",
     "RecordedSession",
+    "SessionCommand",
     "Store",
     "User",
     "UserKey",
@@ -171,6 +172,23 @@ class RecordedSession(SQLModel, table=True):
     bytes_out: int = 0
     exit_status: int | None = None
     exit_signal: str | None = None
+    #: Filled when the session closes (broker/review.py): commands, file transfers, output index.
+    commands_count: int = 0
+    index_json: str | None = None
+    #: Legal hold: prune refuses the session while set.
+    hold: bool = False
+    pruned_at: float | None = None
+
+
+class SessionCommand(SQLModel, table=True):
+    """A command run in a session: the exec command, or a line typed at a shell prompt."""
+
+    __tablename__ = "session_commands"
+    id: int | None = Field(default=None, primary_key=True)
+    session_id: str = Field(foreign_key="sessions.id", index=True, max_length=64)
+    time: float
+    command: str
+    source: str = Field(max_length=16)
 
 
 class AuditEvent(SQLModel, table=True):

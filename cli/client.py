@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Coroutine, Mapping
+from collections.abc import AsyncIterator, Coroutine, Mapping
 from types import TracebackType
 from typing import Any, TypeVar
 
@@ -97,6 +97,30 @@ class ControlClient:
             error = reply.get("error") or {}
             raise RemoteError(str(error.get("message", "unknown error")), int(error.get("exit_code", 1)))
         return reply.get("result")
+
+    async def stream(self, verb: str, args: Mapping[str, Any]) -> AsyncIterator[bytes]:
+        """Lines of a streaming command (export, watch); an error reply raises RemoteError."""
+        if self._conn is None:
+            raise RuntimeError("ControlClient used outside 'async with'")
+        try:
+            process = await self._conn.create_process(verb, encoding=None)
+        except (OSError, asyncssh.Error) as exc:
+            raise JitSshError(f"the broker connection failed during {verb}: {exc}") from exc
+        process.stdin.write(json.dumps(dict(args)).encode())
+        process.stdin.write_eof()
+        first = True
+        try:
+            while True:
+                line = await process.stdout.readline()
+                if not line:
+                    break
+                if first and line.startswith(b'{"ok": false'):
+                    error = json.loads(line).get("error") or {}
+                    raise RemoteError(str(error.get("message", "unknown error")), int(error.get("exit_code", 1)))
+                first = False
+                yield line
+        finally:
+            process.close()
 
 
 def run_async(coro: Coroutine[Any, Any, T]) -> T:

@@ -70,12 +70,34 @@ def route_host(args: list[str]) -> list[str]:
     return args
 
 
+def _click_error(exc: Exception) -> None:
+    """Usage errors, --help on a bare group and aborts, from whichever click typer bundles (typer 0.29
+    vendors its own), recognised by class name: one line and exit 2, as a usage error should."""
+    names = {cls.__name__ for cls in type(exc).__mro__}
+    ctx = getattr(exc, "ctx", None)
+    if "NoArgsIsHelpError" in names and ctx is not None:
+        typer.echo(ctx.get_help())
+        sys.exit(2)
+    if "UsageError" in names:
+        hint = f" (see '{ctx.command_path} --help')" if ctx is not None else ""
+        print_error(f"{exc.format_message()}{hint}")  # type: ignore[attr-defined]
+        sys.exit(2)
+    if "Exit" in names:
+        sys.exit(getattr(exc, "exit_code", 0))
+    if "Abort" in names:
+        print_error("aborted")
+        sys.exit(130)
+
+
 def run(argv: list[str] | None = None) -> None:
     """Console-script entry point."""
     args = route_host(sys.argv[1:] if argv is None else argv)
     verbose = "--verbose" in args or "-v" in args
     try:
-        app(args=args, prog_name="jit-ssh")
+        # standalone_mode=False: usage errors come back to us, to be printed as one line too.
+        result = app(args=args, prog_name="jit-ssh", standalone_mode=False)
+        if isinstance(result, int) and result:
+            sys.exit(result)
     except JitSshError as exc:
         if verbose:
             traceback.print_exc()
@@ -85,6 +107,7 @@ def run(argv: list[str] | None = None) -> None:
         print_error("interrupted")
         sys.exit(130)
     except Exception as exc:  # noqa: BLE001 - the one place that turns any surprise into one line
+        _click_error(exc)
         if verbose:
             traceback.print_exc()
         print_error(f"internal error: {type(exc).__name__}: {exc} (run with --verbose for the traceback)")
