@@ -85,8 +85,10 @@ _SPECS: dict[str, _Spec] = {
     # Streaming verbs: asciicast v2 text on stdout instead of a JSON reply (see server.ControlSession).
     "export": {"id": (str, True), "follow": (bool, False), "purpose": (str, False)},
     "watch": {"id": (str, True)},
+    # The current KRL, raw bytes (for hosts' RevokedKeys; any enrolled user or host may fetch it).
+    "krl": {},
 }
-STREAM_VERBS = frozenset({"export", "watch"})
+STREAM_VERBS = frozenset({"export", "watch", "krl"})
 VERBS = frozenset(_SPECS)
 
 

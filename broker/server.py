@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import os
 import signal
 import time
 from collections.abc import Callable, Coroutine, Mapping
@@ -477,6 +478,21 @@ class Broker:
     def control_session(self, user: str) -> ControlSession:
         return ControlSession(self, user)
 
+    def current_krl(self) -> bytes:
+        """The KRL hosts should use now: every revoked, unexpired serial of the access and user CAs.
+
+        Also written to ``DATA_DIR/revoked.krl`` (atomically) for local distribution.
+        """
+        data = self.authority.krl(access_ca=self._access_ca.public_key, user_ca=self.user_ca_key).to_bytes()
+        target = self.config.data_dir / "revoked.krl"
+        tmp = target.with_name(f".revoked.krl.{os.getpid()}")
+        try:
+            tmp.write_bytes(data)
+            tmp.replace(target)
+        except OSError as exc:
+            log.warning("could not write %s: %s", target, exc)
+        return data
+
     def live_session(self, session_id: str) -> ProxySession | None:
         for sessions in self.live.values():
             for proxy in sessions:
@@ -510,6 +526,7 @@ class Broker:
 
         def revoked(request_id: int, serials: list[int]) -> None:
             loop.call_soon_threadsafe(self.end_grant, request_id, f"grant {request_id} revoked: session closed")
+            self.current_krl()  # the published KRL changes at once (we run in a worker thread here)
 
         ctx = ControlContext(self.authority, user, on_revoke=revoked)
         reply, code = await asyncio.to_thread(dispatch, ctx, verb, raw)
@@ -592,6 +609,12 @@ class ControlSession(asyncssh.SSHServerSession[bytes]):
         """export / watch: the recording as asciicast v2 text, following it while the session runs."""
         try:
             args = parse_arguments(self.command, raw)
+            if self.command == "krl":
+                data = await asyncio.to_thread(self.broker.current_krl)
+                await self._write(data)
+                if self.chan is not None:
+                    self.chan.exit(0)
+                return
             path, live = await self.broker.open_stream(self.user, self.command, args)
         except JitSshError as exc:
             self._send(error_reply(exc), exc.exit_code)

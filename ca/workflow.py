@@ -21,6 +21,7 @@ from .audit import append_event
 from .certs import Certificate, mint_user_certificate
 from .errors import AccessDenied, GrantExpired, InputError, JitSshError, StoreError
 from .keys import PublicKey
+from .krl import KRL
 from .policy import AccessQuery, Decision, HostInfo, Policy
 from .signer import Signer
 from .store import AccessRequest, Approval, Host, IssuedCertificate, Store, User, dumps, loads
@@ -186,8 +187,9 @@ class Authority:
         return self.policy.groups_of(user.name, user.groups)
 
     def _row(self, session: Session, request_id: int) -> AccessRequest:
-        if not isinstance(request_id, int) or request_id <= 0:
-            raise InputError(f"expected a request id (a positive number), found {request_id!r}")
+        # Bounded above as well: a larger integer overflows the database's 64-bit column.
+        if not isinstance(request_id, int) or not 0 < request_id < 2**63:
+            raise InputError(f"expected a request id (a positive number), found {repr(request_id)[:24]}")
         row = session.get(AccessRequest, request_id)
         if row is None:
             raise InputError(f"no request {request_id}")
@@ -562,6 +564,19 @@ class Authority:
                 )
             ).all()
         return sorted(rows)
+
+    def krl(self, *, access_ca: PublicKey, user_ca: PublicKey, now: float | None = None) -> KRL:
+        """The KRL to publish: every revoked serial, of either CA, whose certificate has not expired."""
+        moment = self.clock() if now is None else now
+        return KRL.build(
+            serials={
+                access_ca: self.revoked_serials(ca_role="access", now=moment),
+                user_ca: self.revoked_serials(ca_role="user", now=moment),
+            },
+            version=int(moment),
+            comment="jit-ssh",
+            now=datetime.fromtimestamp(moment, UTC),
+        )
 
     # -- reading ---------------------------------------------------------------------------------
     def get(self, request_id: int, *, viewer: str | None = None) -> RequestView:

@@ -21,6 +21,7 @@ from jit_ssh.ca.store import Host, Store, User
 from jit_ssh.ca.validate import parse_duration
 from rich.table import Table
 
+from .enroll import build_bundle
 from .output import console, emit_json
 
 __all__ = ["register"]
@@ -116,6 +117,53 @@ def host_add(
         emit_json({"name": entry.name, "address": entry.address, "port": entry.port, "labels": dict(entry.labels)})
     else:
         console.print(f"Host {entry.name} at {entry.address}:{entry.port}")
+
+
+@host_app.command("enroll")
+def host_enroll(
+    name: Annotated[str, typer.Argument(help="Host name, as engineers will type it.")],
+    address: Annotated[str, typer.Option("--address", help="HOST[:PORT] the broker connects to.")],
+    labels: Annotated[str, typer.Option("--labels", help="k=v,k2=v2")] = "",
+    host_key: Annotated[
+        Path | None, typer.Option("--host-key", help="The host's public key file, to certify with the host CA.")
+    ] = None,
+    output: Annotated[Path | None, typer.Option("--output", help="Write the bundle here (for enroll-host).")] = None,
+    validity: Annotated[str, typer.Option("--validity", help="Host certificate lifetime.")] = "365d",
+    config: ConfigOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Register a host and print (or write) what its sshd needs: CA key, principals, KRL, host cert."""
+    addr, sep, port_text = address.rpartition(":") if address.count(":") == 1 else (address, "", "")
+    if sep and not port_text.isdigit():
+        raise InputError(f"--address expects HOST[:PORT], found {address[:60]!r}")
+    host_address = addr if sep else address
+    label_map = parse_labels(labels)
+    cfg = _config(config)
+    store = _store(config)
+    key = _read_key(host_key) if host_key else None
+    add_host(store, name, address=host_address, port=int(port_text) if sep else 22, labels=label_map)
+    bundle = build_bundle(
+        name=name, address=host_address, store=store, policy=Policy.load(cfg.policy), ca_dir=cfg.ca_dir,
+        labels=label_map, host_key=key, validity=parse_duration(validity),
+        host_key_name=host_key.name.removesuffix(".pub") if host_key else "ssh_host_ed25519_key",
+    )  # fmt: skip
+    if output is not None:
+        written = bundle.write(output)
+        if as_json:
+            emit_json({"host": name, "files": [str(p) for p in written]})
+        else:
+            console.print(f"Enrolled {name}; wrote {len(written)} files to {output}. On the host: "
+                          f"scripts/enroll-host {output}")  # fmt: skip
+        return
+    if as_json:
+        emit_json({k: v.decode() for k, v in bundle.files.items() if k != "revoked.krl"})
+        return
+    for file_name, data in bundle.files.items():
+        if file_name == "revoked.krl":
+            console.print(f"# {file_name}: binary; fetch it with 'jit-ssh ca krl --fetch -o ...'", markup=False)
+            continue
+        console.print(f"# {file_name}", markup=False)
+        console.print(data.decode().rstrip(), markup=False)
 
 
 @host_app.command("list")

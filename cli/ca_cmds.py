@@ -10,8 +10,10 @@ from typing import Annotated
 import typer
 from jit_ssh.ca import KRL, CADirectory, CARole, InputError, KeyType, passphrase_from_env
 
+from .client import ControlClient, run_async
 from .files import write_atomic
 from .output import console, emit_json
+from .settings import Settings
 
 __all__ = ["app", "resolve_ca_dir"]
 
@@ -111,6 +113,9 @@ def _parse_serials(values: list[str]) -> list[int]:
 @app.command("krl")
 def krl(
     output: Annotated[Path, typer.Option("-o", "--output", help="Where to write the KRL (replaced atomically).")],
+    fetch: Annotated[
+        bool, typer.Option("--fetch", help="Fetch the broker's current KRL over the control plane instead.")
+    ] = False,
     serial: Annotated[
         list[str] | None, typer.Option("--serial", help="Revoked serial N or range N-M; repeatable.")
     ] = None,
@@ -119,7 +124,18 @@ def krl(
     ca_dir: CaDirOption = None,
     as_json: JsonOption = False,
 ) -> None:
-    """Write an OpenSSH KRL (for sshd's RevokedKeys) revoking the given serials and key ids."""
+    """Write an OpenSSH KRL (for sshd's RevokedKeys): the broker's current one with --fetch, or one
+    revoking the given serials and key ids."""
+    if fetch:
+        data = _fetch_krl()
+        parsed = KRL.from_bytes(data)  # never install a KRL sshd cannot read: it would lock everyone out
+        write_atomic(output, data, mode=0o644)
+        count = sum(len(s) for s in parsed.serials.values())
+        if as_json:
+            emit_json({"output": str(output), "serials": count, "version": parsed.version})
+        else:
+            console.print(f"Wrote {output}: KRL version {parsed.version}, {count} revoked serial(s)")
+        return
     ca_key = CADirectory(resolve_ca_dir(ca_dir)).public_key(role)
     now = datetime.now(UTC)
     revoked = _parse_serials(serial or [])
@@ -136,6 +152,14 @@ def krl(
         emit_json({"output": str(output), "ca": role.value, "serials": len(revoked), "key_ids": len(key_id or [])})
     else:
         console.print(f"Wrote {output}: {len(revoked)} serial(s), {len(key_id or [])} key id(s) of the {role.value} CA")
+
+
+def _fetch_krl() -> bytes:
+    async def go() -> bytes:
+        async with ControlClient(Settings.load()) as client:
+            return b"".join([line async for line in client.stream("krl", {})])
+
+    return run_async(go())
 
 
 @app.command("known-hosts")

@@ -1,0 +1,98 @@
+"""``jit-ssh host enroll``: everything a host's stock sshd needs to trust jit-ssh, and nothing else.
+
+The bundle (printed, or written to ``--output DIR`` for ``scripts/enroll-host``)::
+
+    trusted_user_ca_keys.pub     the access CA: the only key sshd trusts for users
+    auth_principals/LOGIN        one file per login the policy allows here, listing LOGIN@HOST
+    revoked.krl                  the current KRL (kept fresh by the jit-ssh-krl timer)
+    jit-ssh.conf                 the sshd_config.d drop-in naming the three, and the host certificate
+    HOSTKEY-cert.pub             the host's own key certified by the host CA (with --host-key)
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+from jit_ssh.ca import CADirectory, CARole, PublicKey, mint_host_certificate, passphrase_from_env
+from jit_ssh.ca.policy import HostInfo, Policy
+from jit_ssh.ca.store import Store
+from jit_ssh.ca.validate import target_principal
+from jit_ssh.ca.workflow import Authority
+
+__all__ = ["EnrollBundle", "build_bundle"]
+
+DEFAULT_PREFIX = "/etc/ssh"
+
+
+@dataclass
+class EnrollBundle:
+    host: str
+    files: dict[str, bytes] = field(default_factory=dict)
+
+    def write(self, directory: Path) -> list[Path]:
+        written = []
+        for name, data in self.files.items():
+            target = directory / name
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_bytes(data)
+            target.chmod(0o644)
+            written.append(target)
+        return written
+
+
+def drop_in(*, prefix: str, host_cert: str | None) -> str:
+    lines = [
+        "# jit-ssh: users log in with short-lived certificates from the access CA, and nothing else.",
+        "# Written by 'jit-ssh host enroll'; installed by scripts/enroll-host.",
+        f"TrustedUserCAKeys {prefix}/jit-ssh/trusted_user_ca_keys.pub",
+        f"AuthorizedPrincipalsFile {prefix}/jit-ssh/auth_principals/%u",
+        f"RevokedKeys {prefix}/jit-ssh/revoked.krl",
+    ]
+    if host_cert:
+        lines.append(f"HostCertificate {prefix}/{host_cert}")
+    return "\n".join(lines) + "\n"
+
+
+def build_bundle(
+    *,
+    name: str,
+    address: str,
+    store: Store,
+    policy: Policy,
+    ca_dir: Path,
+    labels: dict[str, str],
+    host_key: PublicKey | None,
+    host_key_name: str = "ssh_host_ed25519_key",
+    validity: timedelta = timedelta(days=365),
+    prefix: str = DEFAULT_PREFIX,
+) -> EnrollBundle:
+    ca = CADirectory(ca_dir)
+    access, user = ca.public_key(CARole.ACCESS), ca.public_key(CARole.USER)
+    bundle = EnrollBundle(name)
+    bundle.files["trusted_user_ca_keys.pub"] = (access.to_openssh("jit-ssh-access-ca") + "\n").encode()
+    info = HostInfo(name, labels)
+    logins = sorted({login for rule in policy.rules if rule.selects(info) for login in rule.logins})
+    for login in logins:
+        bundle.files[f"auth_principals/{login}"] = (target_principal(login, name) + "\n").encode()
+    bundle.files["revoked.krl"] = Authority(store, policy).krl(access_ca=access, user_ca=user).to_bytes()
+    cert_name = None
+    if host_key is not None:
+        now = datetime.now(UTC)
+        with store.transaction() as session:
+            serial = store.next_serial(session)
+        cert = mint_host_certificate(
+            ca.signer(CARole.HOST, passphrase=passphrase_from_env()),
+            host_key,
+            hostnames=list(dict.fromkeys([name, address])),
+            key_id=f"jit-ssh host {name}",
+            serial=serial,
+            valid_from=now,
+            valid_until=now + validity,
+            max_validity=validity,
+        )
+        cert_name = f"{host_key_name}-cert.pub"
+        bundle.files[cert_name] = (cert.to_openssh(f"jit-ssh host {name}") + "\n").encode()
+    bundle.files["jit-ssh.conf"] = drop_in(prefix=prefix, host_cert=cert_name).encode()
+    return bundle
