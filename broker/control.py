@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from jit_ssh.ca import InputError, JitSshError, PublicKey
+from jit_ssh.ca import AccessDenied, InputError, JitSshError, PublicKey
 from jit_ssh.ca.store import User
 from jit_ssh.ca.validate import parse_duration
 from jit_ssh.ca.workflow import Authority, RequestView
@@ -23,6 +23,7 @@ from jit_ssh.ca.workflow import Authority, RequestView
 from .review import check_reviewer, list_sessions, parse_since, session_detail, verify_sessions
 
 __all__ = [
+    "HOST_GROUP",
     "MAX_ARGUMENTS",
     "STREAM_VERBS",
     "VERBS",
@@ -36,6 +37,8 @@ __all__ = [
 log = logging.getLogger("jit_ssh.broker.control")
 
 MAX_ARGUMENTS = 64 * 1024
+#: Members are hosts' own keys (enrolled by 'host enroll --host-key'), good for fetching the KRL only.
+HOST_GROUP = "jit-hosts"
 
 
 @dataclass(frozen=True, slots=True)
@@ -145,6 +148,11 @@ def _start(value: str | None) -> datetime | None:
 def run_command(ctx: ControlContext, verb: str, args: Mapping[str, Any]) -> Any:
     """Carry out one parsed command for ``ctx.user``; returns what goes under ``result``."""
     authority, user = ctx.authority, ctx.user
+    if verb != "whoami":
+        with authority.store.transaction() as session:
+            row = session.get(User, user)
+        if row is not None and HOST_GROUP in row.groups:
+            raise AccessDenied(f"{user} is a host identity: it may only fetch the KRL")
     if verb == "whoami":
         return {"user": user}
     if verb == "request":

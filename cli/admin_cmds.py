@@ -12,6 +12,7 @@ from typing import Annotated
 
 import typer
 from jit_ssh.broker.config import BrokerConfig
+from jit_ssh.broker.control import HOST_GROUP
 from jit_ssh.broker.server import Broker
 from jit_ssh.ca import InputError, JitSshError, PublicKey, passphrase_from_env
 from jit_ssh.ca.audit import iter_events, verify_chain
@@ -142,6 +143,9 @@ def host_enroll(
     store = _store(config)
     key = _read_key(host_key) if host_key else None
     add_host(store, name, address=host_address, port=int(port_text) if sep else 22, labels=label_map)
+    if key is not None:
+        # The host fetches the KRL with its own key (scripts/fetch-krl); this identity can do nothing else.
+        add_user(store, f"host-{name}", keys=[key], groups=[HOST_GROUP])
     bundle = build_bundle(
         name=name, address=host_address, store=store, policy=Policy.load(cfg.policy), ca_dir=cfg.ca_dir,
         labels=label_map, host_key=key, validity=parse_duration(validity),
