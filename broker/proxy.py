@@ -177,7 +177,8 @@ class ProxySession(asyncssh.SSHServerSession[bytes]):
         try:
             action(self.recorder)
         except RecordingError as exc:
-            self.end(f"recording failed, session closed: {exc.message}")
+            if self.ending is None:  # end() itself records its notice: fail once, do not recurse
+                self.end(f"recording failed, session closed: {exc.message}")
             return False
         return True
 
@@ -270,6 +271,8 @@ class ProxySession(asyncssh.SSHServerSession[bytes]):
             return
         data = f"\r\n[jit-ssh] {text}\r\n".encode()
         self._record(lambda r: r.meta({"notice": text}))
+        if self._closed:
+            return  # recording the notice failed, and end() has told the user so
         self.chan.write(data, None if self.term else _STDERR)
 
     def fail(self, message: str) -> None:

@@ -127,16 +127,18 @@ class Recorder:
             return
         blob = bytes(self._buffer)
         self._buffer.clear()
+        view = memoryview(blob)
         try:
-            view = memoryview(blob)
             while view:
                 written = os.write(self._fd, view)
+                # Count as it lands: after a short write and a failure (disk full), the size and digest
+                # still describe exactly the bytes on disk.
+                self._digest.update(view[:written])
+                self.size += written
                 view = view[written:]
         except OSError as exc:
             self.failed = RecordingError(f"cannot write the session recording {self.path}: {exc.strerror}")
             raise self.failed from exc
-        self._digest.update(blob)
-        self.size += len(blob)
 
     def close(self, summary: Mapping[str, Any] | None = None) -> tuple[int, str]:
         """Write the closing metadata, flush, close; returns (size, sha256) of the file."""
