@@ -1,0 +1,250 @@
+"""The command lines typed in an interactive session, reconstructed from its recording (DESIGN.md, "Recording").
+
+Two readings are combined at each press of Enter:
+
+* **keys**: the input replayed through a model of readline's line editing (broker/keystrokes.py), which
+  says when the line is *unreliable*: history, Tab and unknown keys change it in ways keys do not show.
+* **screen**: the line as the shell displayed it, read off a pyte terminal emulator fed the output:
+  from where typing began on the prompt line (the prompt ends there) to the end of the line, across
+  wrapped rows, just before the shell's newline after Enter (or as it was at Enter if no newline
+  comes before the next key, as with echo off).
+
+The screen reading wins when it is non-empty, and always over unreliable keys; the keys serve when the
+screen cannot be read. A line the screen shows *empty* although keys were typed was not echoed (a
+password at a ``sudo`` prompt): it is left out unless ``include_unechoed``.
+
+Approximated, by design:
+
+* The emulator gets at most the last 16 KiB of output before each key (the screen is reset when more
+  came), so the cost does not grow with the output. The prompt line comes out right, rows above may not.
+* Typing begins where the cursor is when a line's first key arrives: for keys typed ahead of the
+  prompt, the wrong place. The prompt's text is checked at Enter (and looked for above the cursor);
+  the keys serve when it is not found.
+* Only a line begun at the start of an input event is read off the screen; further lines in the same
+  event (a pasted script) and multi-line pastes come from the keys alone.
+* Every line entered is reported, whatever read it: a shell, ``mysql``, an editor. A row continues
+  onto the next when its last column is used or the cursor is further down; zero-width characters
+  that do not combine are dropped. Vi mode and custom key bindings are not modelled in the keys.
+"""
+
+from __future__ import annotations
+
+import re
+from collections import deque
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from unicodedata import combining
+
+import pyte
+from wcwidth import wcwidth
+
+from .castlog import Frame, TextStream
+from .keystrokes import LineEditor, key_tokens, printable
+
+__all__ = ["TypedCommand", "reconstruct_commands"]
+
+_TAIL = 16 * 1024  # output bytes fed to the emulator before a keystroke, at most
+_MAX_COLUMNS, _MAX_LINES = 1000, 500  # a hostile resize must not make the emulator allocate much
+_SIZE = re.compile(rb"(\d{1,9})x(\d{1,9})")
+
+
+@dataclass(frozen=True, slots=True)
+class TypedCommand:
+    """One command line entered in a session."""
+
+    time: float  #: seconds since the start of the recording, when Enter was pressed
+    command: str  #: the command line as finally run
+    source: str  #: ``"screen"`` (read off the emulated terminal) or ``"keys"`` (keystroke reconstruction)
+
+
+def reconstruct_commands(
+    frames: Iterable[Frame], *, width: int = 80, height: int = 24, include_unechoed: bool = False
+) -> list[TypedCommand]:
+    """The command lines entered in a recorded terminal session, in order; see the module docstring."""
+    tracker = _Tracker(width, height)
+    for frame in frames:
+        if frame.code in ("o", "e"):
+            tracker.output(frame.payload)
+        elif frame.code == "i":
+            tracker.keys(frame.time, frame.payload)
+        elif frame.code == "r":
+            tracker.resize(frame.payload)
+    commands = (line.choose(include_unechoed=include_unechoed) for line in tracker.lines)
+    return [command for command in commands if command is not None]
+
+
+# -- the screen --------------------------------------------------------------------------------------
+
+
+class _Screen(pyte.Screen):
+    """A pyte screen that counts how far its content scrolled up, so that a row can be followed (a
+    scroll down, or a scroll region, is left to the search for the prompt)."""
+
+    def __init__(self, columns: int, lines: int) -> None:
+        self.scrolled = 0
+        super().__init__(columns, lines)
+
+    def index(self) -> None:
+        top, bottom = self.margins or (0, self.lines - 1)
+        if self.cursor.y == bottom and top == 0:
+            self.scrolled += 1
+        super().index()
+
+    def draw(self, data: str) -> None:
+        if not data.isascii():  # pyte drops the rest of a chunk at a zero-width character that does not combine
+            data = "".join(char for char in data if char.isascii() or wcwidth(char) > 0 or combining(char))
+        super().draw(data)
+
+    def cells(self, row: int, start: int, end: int) -> str:
+        return "".join(self.buffer[row][x].data for x in range(start, end))
+
+
+@dataclass(frozen=True, slots=True)
+class _Anchor:
+    """Where typing began: the screen generation, the row as of ``scrolled``, the column, the prompt."""
+
+    epoch: int
+    row: int
+    scrolled: int
+    column: int
+    prompt: str
+
+
+@dataclass(slots=True)
+class _Line:
+    time: float
+    keys: str
+    unreliable: bool
+    multiline: bool
+    anchor: _Anchor | None
+    screen: str | None = None
+
+    def choose(self, *, include_unechoed: bool) -> TypedCommand | None:
+        keys = self.keys.strip()
+        # only printable characters: no bidi overrides or the like where reviewers read the commands
+        screen = None if self.screen is None else printable(self.screen).strip()
+        if screen and (self.unreliable or not self.multiline):
+            return TypedCommand(self.time, screen, "screen")
+        if screen == "" and not include_unechoed:
+            return None  # typed but not shown: echo was off
+        return TypedCommand(self.time, keys, "keys") if keys else None
+
+
+class _Tracker:
+    """Follows one session: the emulated screen, the line being typed, and the lines entered so far."""
+
+    def __init__(self, width: int, height: int) -> None:
+        self.screen = _Screen(max(1, min(width, _MAX_COLUMNS)), max(1, min(height, _MAX_LINES)))
+        self.stream = pyte.Stream(self.screen)
+        self.decoder, self.epoch = TextStream(), 0  # the epoch counts screen resets and resizes
+        self.chunks: deque[bytes] = deque()
+        self.buffered, self.overflow = 0, False  # bytes in chunks; whether older ones were dropped
+        self.editor = LineEditor()
+        self.input = TextStream()
+        self.partial_key = ""
+        self.anchor: _Anchor | None = None
+        self.pending: _Line | None = None  # Enter was pressed; read the line when the shell's newline comes
+        self.pending_fed = 0
+        self.lines: list[_Line] = []
+
+    # output
+    def output(self, data: bytes) -> None:
+        line = self.pending
+        if line is not None and line.anchor is not None:
+            newline = data.find(b"\n")
+            self._feed(data if newline < 0 else data[:newline])
+            self.pending_fed += len(data)
+            if newline >= 0:
+                line.screen = self._read(line.anchor)
+            if newline >= 0 or self.pending_fed >= _TAIL:
+                self.pending = None  # read; or not a shell's line after all, and the reading at Enter stands
+            if newline < 0:
+                return
+            data = data[newline:]
+        if data:
+            self.chunks.append(data)
+            self.buffered += len(data)
+            while len(self.chunks) > 1 and self.buffered - len(self.chunks[0]) >= _TAIL:
+                self.buffered -= len(self.chunks.popleft())
+                self.overflow = True
+
+    def _feed(self, data: bytes) -> None:
+        text, _ = self.decoder.decode(data)
+        if text:
+            self.stream.feed(text)
+
+    def _flush(self) -> None:
+        if not self.chunks:
+            return
+        data = b"".join(self.chunks)
+        self.chunks.clear()
+        self.buffered = 0
+        if self.overflow or len(data) > _TAIL:
+            floor, end, start = max(0, len(data) - _TAIL), len(data), -1
+            for _ in range(self.screen.lines + 1):  # what the screen shows, from the start of a line
+                found = data.rfind(b"\n", floor, end)
+                if found < 0:
+                    break
+                start = end = found
+            data = data[start + 1 :] if start >= 0 else data[floor:]
+            self.screen.reset()
+            self.decoder = TextStream()
+            self.epoch += 1
+            self.overflow = False
+        self._feed(data)
+
+    def resize(self, payload: bytes) -> None:
+        size = _SIZE.fullmatch(payload)
+        if size is not None and int(size[1]) > 0 and int(size[2]) > 0:
+            self._flush()
+            self.screen.resize(lines=min(int(size[2]), _MAX_LINES), columns=min(int(size[1]), _MAX_COLUMNS))
+            self.epoch += 1  # pyte drops rows from the top when shrinking: find the prompt again
+
+    # input
+    def keys(self, time: float, payload: bytes) -> None:
+        self.pending = None
+        self._flush()
+        text, _ = self.input.decode(payload)
+        tokens, self.partial_key = key_tokens(text, self.partial_key)
+        for index, token in enumerate(tokens):
+            if index == 0 and not self.editor.touched:
+                self.anchor = self._anchor()
+            ending = self.editor.apply(token)
+            if ending == "enter":
+                editor = self.editor
+                line = _Line(time, editor.text, editor.unreliable, editor.multiline, self.anchor)
+                self.lines.append(line)
+                if line.anchor is not None:
+                    # Read now, and again at the shell's newline once the echo of this batch has come.
+                    # Without a newline (echo off: ``read -s`` prints none) the reading now stands.
+                    line.screen = self._read(line.anchor)
+                    self.pending, self.pending_fed = line, 0
+            if ending is not None:
+                self.editor.reset()
+                self.anchor = None
+
+    def _anchor(self) -> _Anchor:
+        screen = self.screen
+        row, column = screen.cursor.y, min(screen.cursor.x, screen.columns)
+        return _Anchor(self.epoch, row, screen.scrolled, column, screen.cells(row, 0, column))
+
+    def _read(self, anchor: _Anchor) -> str | None:
+        screen = self.screen
+        column = anchor.column
+        row = anchor.row - (screen.scrolled - anchor.scrolled)
+        if anchor.epoch != self.epoch or not 0 <= row < screen.lines or screen.cells(row, 0, column) != anchor.prompt:
+            found = (y for y in range(min(screen.cursor.y, screen.lines - 1), -1, -1))
+            row = next((y for y in found if screen.cells(y, 0, column) == anchor.prompt), -1)
+            if row < 0:
+                return None
+        return "".join(self._rows(row, column)).rstrip()
+
+    def _rows(self, row: int, column: int) -> Iterator[str]:
+        screen = self.screen
+        last = screen.columns - 1
+        while row < screen.lines:
+            yield screen.cells(row, column, screen.columns)
+            # readline leaves the cursor on the last row of the line; a full row wraps onto the next
+            if row >= screen.cursor.y and screen.buffer[row][last].data in (" ", ""):
+                return
+            row, column = row + 1, 0
