@@ -41,6 +41,8 @@ _BROKER_KEYS = frozenset(
         "source_addresses",
         "warn_before",
         "notify_watched",
+        "idle_timeout",
+        "log_format",
     }
 )
 
@@ -77,6 +79,10 @@ class BrokerConfig:
     warn_before: timedelta = timedelta(seconds=60)
     #: Tell the user in their terminal when a reviewer starts watching their session.
     notify_watched: bool = True
+    #: A session with no byte either way for this long is closed; 0 turns it off.
+    idle_timeout: timedelta = timedelta(0)
+    #: "text", or "json" (one JSON object a line, for log shippers).
+    log_format: str = "text"
 
     @property
     def store_url(self) -> str:
@@ -155,6 +161,17 @@ class BrokerConfig:
             warn = parse_duration(text("warn_before", "60s"))
         except InputError as exc:
             raise ConfigError(f"{where}: [broker] warn_before: {exc}") from exc
+        idle_text = text("idle_timeout", "0")
+        try:
+            idle = timedelta(0) if idle_text.strip() in ("0", "") else parse_duration(idle_text)
+        except InputError as exc:
+            raise ConfigError(f"{where}: [broker] idle_timeout: {exc}") from exc
+        log_format = text("log_format", "text")
+        if log_format not in ("text", "json"):
+            raise ConfigError(f"{where}: [broker] log_format: expected text or json, found {log_format!r}")
+        notify = table.get("notify_watched", True)
+        if not isinstance(notify, bool):
+            raise ConfigError(f"{where}: [broker] notify_watched: expected true or false")
         level = text("log_level", "INFO").upper()
         if level not in ("DEBUG", "INFO", "WARNING", "ERROR"):
             raise ConfigError(f"{where}: [broker] log_level: expected DEBUG, INFO, WARNING or ERROR, found {level!r}")
@@ -175,5 +192,7 @@ class BrokerConfig:
             capture_limit=capture,
             source_addresses=tuple(sources),
             warn_before=warn,
-            notify_watched=bool(table.get("notify_watched", True)),
+            notify_watched=notify,
+            idle_timeout=idle,
+            log_format=log_format,
         )

@@ -103,6 +103,8 @@ class ProxySession(asyncssh.SSHServerSession[bytes]):
         self.started = time.time()
         self.bytes_in = 0
         self.bytes_out = 0
+        #: Monotonic time of the last byte either way (the idle timeout reads it).
+        self.last_activity = time.monotonic()
         self.warned = False
         self.ending: str | None = None
         self._closed = False
@@ -148,6 +150,14 @@ class ProxySession(asyncssh.SSHServerSession[bytes]):
         except Exception as exc:  # noqa: BLE001 - every failure ends the session with a message, not a hang
             message = str(exc) or type(exc).__name__
             log.warning("session %s not started: %s", self.session_id or "-", message)
+            if self.recorder is None:  # refused before its recording (and row) began: audit it here
+                grant = self.client.grant
+                details = {"reason": message, "kind": self.kind, "request": grant.request_id if grant else None}
+                loop = asyncio.get_running_loop()
+                loop.run_in_executor(
+                    None, self.client.broker.audit_refusal, "session.failed", f"session:{self.session_id or '-'}",
+                    details,
+                )  # fmt: skip
             self.fail(f"jit-ssh: {message}")
 
     def begin_recording(self, recorder: Recorder) -> None:
@@ -192,6 +202,7 @@ class ProxySession(asyncssh.SSHServerSession[bytes]):
         if self.onward_chan is None or self._closed:
             return
         self.bytes_in += len(data)
+        self.last_activity = time.monotonic()
         if self.sftp is not None:
             self.sftp.client_data(data)
         elif not self._record(lambda r: r.data("i", data)):
@@ -202,6 +213,7 @@ class ProxySession(asyncssh.SSHServerSession[bytes]):
         if self.chan is None or self._closed:
             return
         self.bytes_out += len(data)
+        self.last_activity = time.monotonic()
         stream = "e" if datatype == _STDERR else "o"
         if self.sftp is not None:
             self.sftp.server_data(data)

@@ -90,6 +90,7 @@ class Recorder:
             recorder.flush()  # the header is on disk before the session may start
         except RecordingError:
             recorder.abandon()
+            path.unlink(missing_ok=True)  # a header cut short is no recording; no session ran
             raise
         return recorder
 

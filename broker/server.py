@@ -245,6 +245,7 @@ class Broker:
         while True:
             await asyncio.sleep(_ENFORCE_INTERVAL)
             now = time.time()
+            idle = self.config.idle_timeout.total_seconds()
             for request_id, sessions in list(self.live.items()):
                 for proxy in list(sessions):
                     grant = proxy.client.grant
@@ -256,6 +257,8 @@ class Broker:
                         proxy.warned = True
                         left = int(grant.expires_at - now)
                         proxy.notice(f"access to {grant.login}@{grant.host} ends in {left} s (request {request_id})")
+                    elif idle and time.monotonic() - proxy.last_activity >= idle:
+                        proxy.end(f"idle for {int(idle)} s: session closed")
                     elif proxy.recorder is not None:
                         proxy.flush()
             if self.live and now - last_poll >= _STATE_POLL:
@@ -416,6 +419,14 @@ class Broker:
             "session %s started user=%s target=%s@%s kind=%s",
             proxy.session_id, grant.user, grant.login, grant.host, proxy.kind,
         )  # fmt: skip
+
+    def session_onward(self, session_id: str, serial: int) -> None:
+        """Record the onward certificate of a session whose row was written before it was minted."""
+        with self.store.transaction() as session:
+            row = session.get(RecordedSession, session_id)
+            if row is not None:
+                row.onward_serial = serial
+                session.add(row)
 
     def session_ended(self, session_id: str, summary: dict[str, Any], size: int, digest: str) -> None:
         with self.store.transaction() as session:

@@ -201,17 +201,18 @@ class ClientConnection(asyncssh.SSHServer):
             Recorder.open, path, header, capture_limit=self.broker.config.capture_limit,
             full_capture=term is not None,
         )  # fmt: skip
-        try:
-            onward_conn = await self._onward_connection(grant)
-        except JitSshError as exc:
-            recorder.close({"error": exc.message})
-            raise
-        await asyncio.to_thread(self.broker.session_started, proxy, grant, cert, path, self._onward_serial, self.peer)
+        # The session row exists from here on, so that a session the host refuses is on record too:
+        # a failure below ends the proxy, which closes the recording and the row with the reason.
+        onward_serial = self._onward_serial
+        await asyncio.to_thread(self.broker.session_started, proxy, grant, cert, path, onward_serial, self.peer)
         proxy.begin_recording(recorder)
         if proxy.command is not None:
             recorder.meta({"exec": proxy.command})
         self.live.add(proxy)
         self.broker.register(grant.request_id, proxy)
+        onward_conn = await self._onward_connection(grant)
+        if onward_serial is None and self._onward_serial is not None:
+            await asyncio.to_thread(self.broker.session_onward, proxy.session_id, self._onward_serial)
         env = allowed_env(chan.get_environment())
         options: dict[str, Any] = {"env": env, "encoding": None}
         if term is not None:
