@@ -97,6 +97,14 @@ def user_list(config: ConfigOption = None, as_json: JsonOption = False) -> None:
     console.print(table)
 
 
+def _split_address(address: str) -> tuple[str, int]:
+    """``HOST[:PORT]`` (an IPv6 address without a port stays whole) into host and port (default 22)."""
+    host, sep, port_text = address.rpartition(":") if address.count(":") == 1 else (address, "", "")
+    if sep and not port_text.isdigit():
+        raise InputError(f"--address expects HOST[:PORT], found {address[:60]!r}")
+    return (host, int(port_text)) if sep else (address, 22)
+
+
 @host_app.command("add")
 def host_add(
     name: Annotated[str, typer.Argument(help="Host name, as engineers will type it.")],
@@ -107,12 +115,10 @@ def host_add(
     as_json: JsonOption = False,
 ) -> None:
     """Add or update a host in the inventory."""
-    addr, sep, port_text = address.rpartition(":") if address.count(":") == 1 else (address, "", "")
-    if sep and not port_text.isdigit():
-        raise InputError(f"--address expects HOST[:PORT], found {address[:60]!r}")
+    host_address, port = _split_address(address)
     entry = add_host(
-        _store(config), name, address=addr if sep else address, port=int(port_text) if sep else 22,
-        labels=parse_labels(labels), host_key=_read_key(host_key) if host_key else None,
+        _store(config), name, address=host_address, port=port, labels=parse_labels(labels),
+        host_key=_read_key(host_key) if host_key else None,
     )  # fmt: skip
     if as_json:
         emit_json({"name": entry.name, "address": entry.address, "port": entry.port, "labels": dict(entry.labels)})
@@ -134,15 +140,12 @@ def host_enroll(
     as_json: JsonOption = False,
 ) -> None:
     """Register a host and print (or write) what its sshd needs: CA key, principals, KRL, host cert."""
-    addr, sep, port_text = address.rpartition(":") if address.count(":") == 1 else (address, "", "")
-    if sep and not port_text.isdigit():
-        raise InputError(f"--address expects HOST[:PORT], found {address[:60]!r}")
-    host_address = addr if sep else address
+    host_address, port = _split_address(address)
     label_map = parse_labels(labels)
     cfg = _config(config)
     store = _store(config)
     key = _read_key(host_key) if host_key else None
-    add_host(store, name, address=host_address, port=int(port_text) if sep else 22, labels=label_map)
+    add_host(store, name, address=host_address, port=port, labels=label_map)
     if key is not None:
         # The host fetches the KRL with its own key (scripts/fetch-krl); this identity can do nothing else.
         add_user(store, f"host-{name}", keys=[key], groups=[HOST_GROUP])
@@ -269,6 +272,21 @@ def policy_explain(
         console.print(f"  - {reason}", markup=False)
 
 
+class _JsonFormatter(logging.Formatter):
+    """One JSON object a line: time, level, logger, message (and the traceback, if any)."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        entry = {
+            "time": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
+            "level": record.levelname,
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        if record.exc_info:
+            entry["exception"] = self.formatException(record.exc_info)
+        return json.dumps(entry)
+
+
 def register(app: typer.Typer) -> None:
     app.add_typer(user_app, name="user")
     app.add_typer(host_app, name="host")
@@ -277,10 +295,13 @@ def register(app: typer.Typer) -> None:
 
     @app.command("serve")
     def serve(config: ConfigOption = None) -> None:
-        """Run the broker (control plane) until SIGTERM."""
+        """Run the broker (control plane and recording proxy) until SIGTERM."""
         cfg = _config(config)
-        logging.basicConfig(
-            level=cfg.log_level, format="%(asctime)s %(levelname)s %(name)s %(message)s", stream=sys.stderr
-        )
+        handler = logging.StreamHandler(sys.stderr)
+        if cfg.log_format == "json":
+            handler.setFormatter(_JsonFormatter())
+        else:
+            handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s %(message)s"))
+        logging.basicConfig(level=cfg.log_level, handlers=[handler])
         broker = Broker(cfg, passphrase=passphrase_from_env())
         asyncio.run(broker.serve_forever())

@@ -10,7 +10,7 @@ from typing import Annotated
 import typer
 from jit_ssh.ca import JitSshError
 
-from . import access_cmds, admin_cmds, ca_cmds, config_cmds, connect_cmd, demo
+from . import access_cmds, admin_cmds, ca_cmds, config_cmds, connect_cmd, demo, review_cmds
 from .output import print_error
 
 __all__ = ["app", "run"]
@@ -28,6 +28,7 @@ app.command("demo")(demo.demo)
 access_cmds.register(app)
 app.command("connect")(connect_cmd.connect)
 admin_cmds.register(app)
+review_cmds.register(app)
 
 
 def _version() -> str:

@@ -32,6 +32,10 @@ DEFAULT_POLICY = """\
 [groups]
 sre = ["alice", "bob", "dave"]
 dev = ["carol"]
+security = ["erin"]
+
+[review]
+groups = ["sre", "security"]
 
 [[rule]]
 name = "prod"

@@ -1,0 +1,344 @@
+"""Reviewers' commands: list, search, show, verify, replay, watch, export, prune.
+
+Remotely over the control plane (reviewers, by the policy's ``[review]`` groups), or on the bastion
+with ``--config`` (admins, reading the store and the recordings directly). Every replay, watch and
+export is audited either way.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import queue
+import sys
+import threading
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from jit_ssh.broker.castlog import AsciicastWriter, follow_frames
+from jit_ssh.broker.config import BrokerConfig
+from jit_ssh.broker.review import (
+    list_sessions,
+    parse_since,
+    prune_sessions,
+    record_review,
+    recording_of,
+    session_detail,
+    set_hold,
+    verify_sessions,
+)
+from jit_ssh.ca import InputError, JitSshError
+from jit_ssh.ca.store import Store
+from jit_ssh.ca.validate import parse_duration
+from rich.table import Table
+
+from .client import ControlClient, call, run_async
+from .files import write_atomic
+from .output import console, emit_json
+from .player import TtyKeys, play, sanitize, schedule
+from .settings import Settings
+from .views import when
+
+__all__ = ["register"]
+
+ConfigOption = Annotated[
+    Path | None, typer.Option("--config", help="On the bastion: read the broker's store directly (admins).")
+]
+JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON instead of text.")]
+sessions_app = typer.Typer(help="Recorded sessions: list, search, show, verify, prune.")
+
+
+def _local_store(config: Path | None) -> Store | None:
+    if config is None:
+        return None
+    cfg = BrokerConfig.load(config)
+    return Store(cfg.store_url)
+
+
+def _size(value: int | None) -> str:
+    if value is None:
+        return "-"
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if value < 1024 or unit == "GiB":
+            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+        value = value / 1024  # type: ignore[assignment]
+    return "-"
+
+
+def _print_sessions(rows: list[dict[str, Any]]) -> None:
+    if not rows:
+        console.print("No sessions match.")
+        return
+    table = Table("session", "user", "target", "request", "started", "duration", "bytes", "exit", "cmds")
+    for r in rows:
+        exit_text = r["exit_signal"] or (str(r["exit_status"]) if r["exit_status"] is not None else "-")
+        if r["active"]:
+            exit_text = "[green]active[/]"
+        table.add_row(
+            r["id"], r["user"], f"{r['login']}@{r['host']} ({r['kind']})",
+            f"{r['request_id']}: {(r.get('reason') or '')[:30]}", when(r["started_at"]), f"{r['duration']:.0f}s",
+            _size((r["bytes_in"] or 0) + (r["bytes_out"] or 0)), exit_text, str(r["commands"]),
+        )  # fmt: skip
+        for match in r.get("matched_commands", [])[:5]:
+            table.add_row("", "", f"  [dim]{match['command'][:80]}[/]", "", "", "", "", "", "")
+    console.print(table)
+
+
+@sessions_app.callback(invoke_without_command=True)
+def sessions(
+    ctx: typer.Context,
+    user: Annotated[str | None, typer.Option("--user", help="Only this user's sessions.")] = None,
+    host: Annotated[str | None, typer.Option("--host", help="Only sessions to this host.")] = None,
+    since: Annotated[str | None, typer.Option("--since", help="2h, 7d, or a date/time.")] = None,
+    active: Annotated[bool, typer.Option("--active", help="Only sessions still running.")] = False,
+    request: Annotated[int | None, typer.Option("--request", help="Only sessions of this request.")] = None,
+    grep: Annotated[str | None, typer.Option("--grep", help="Regex over the commands run.")] = None,
+    grep_output: Annotated[str | None, typer.Option("--grep-output", help="Regex over what was printed.")] = None,
+    limit: Annotated[int, typer.Option("--limit", help="At most this many.")] = 200,
+    config: ConfigOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """List and search recorded sessions."""
+    if ctx.invoked_subcommand is not None:
+        return
+    store = _local_store(config)
+    if store is not None:
+        rows = list_sessions(
+            store, user=user, host=host, since=parse_since(since) if since else None, active=active,
+            request=request, grep=grep, grep_output=grep_output, limit=limit,
+        )  # fmt: skip
+    else:
+        args: dict[str, Any] = {"active": active, "limit": limit}
+        for key, value in (("user", user), ("host", host), ("since", since), ("request", request),
+                           ("grep", grep), ("grep_output", grep_output)):  # fmt: skip
+            if value is not None:
+                args[key] = value
+        rows = call(Settings.load(), "sessions", args)
+    if as_json:
+        emit_json(rows)
+    else:
+        _print_sessions(rows)
+
+
+@sessions_app.command("show")
+def show(
+    session_id: Annotated[str, typer.Argument()], config: ConfigOption = None, as_json: JsonOption = False
+) -> None:
+    """One session: metadata, request and approvals, certificates, commands, file transfers."""
+    store = _local_store(config)
+    detail = session_detail(store, session_id) if store else call(Settings.load(), "session", {"id": session_id})
+    if as_json:
+        emit_json(detail)
+        return
+    console.print(f"Session [bold]{detail['id']}[/]: {detail['user']} as {detail['login']}@{detail['host']}")
+    request = detail.get("request") or {}
+    lines = [
+        ("kind", f"{detail['kind']}{' with a terminal' if detail['pty'] else ''}"),
+        ("command", detail.get("command") or "-"),
+        ("started", when(detail["started_at"])),
+        ("ended", f"{when(detail['ended_at'])} ({detail.get('end_reason') or 'running'})"),
+        ("exit", detail.get("exit_signal") or str(detail.get("exit_status"))),
+        ("from", detail.get("peer") or "-"),
+        ("request", f"{request.get('id')} by {request.get('requester')}: {request.get('reason')}"),
+        ("recording", f"{detail['recording_path']} ({_size(detail['recording_size'])}, sha256 "
+                      f"{(detail.get('recording_sha256') or '-')[:16]}...)"),
+    ]  # fmt: skip
+    lines += [("approved by", f"{a['approver']} at {when(a['at'])}") for a in request.get("approvals", [])]
+    lines += [
+        ("certificate", f"{c['ca']} serial {c['serial']}: {c['key_id']}{' (revoked)' if c['revoked'] else ''}")
+        for c in detail["certificates"]
+    ]
+    for name, value in lines:
+        console.print(f"  {name:<12} {value}", markup=False)
+    if detail["commands_run"]:
+        console.print("  commands:")
+        for c in detail["commands_run"]:
+            console.print(f"    {c['time']:>9.2f}s  {c['command']}", markup=False)
+    if detail["transfers"]:
+        console.print("  file transfers:")
+        for t in detail["transfers"]:
+            target = t.get("path") or f"{t.get('from')} -> {t.get('to')}"
+            size = f" {t['bytes']} bytes sha256 {t['sha256'][:16]}..." if "bytes" in t else ""
+            console.print(f"    {t['op']:<8} {target}{size}", markup=False)
+
+
+@sessions_app.command("verify")
+def verify(
+    session_id: Annotated[str | None, typer.Argument(help="One session; all without it.")] = None,
+    config: ConfigOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Recompute recordings' digests against the store and the audit log; name what was altered."""
+    store = _local_store(config)
+    args = {"id": session_id} if session_id else {}
+    results = verify_sessions(store, session_id) if store else call(Settings.load(), "verify", args)
+    bad = [r for r in results if not r["ok"]]
+    if as_json:
+        emit_json(results)
+    else:
+        for r in bad:
+            console.print(f"[red]FAILED[/] {r['id']}: {r['status']}")
+        console.print(f"{len(results) - len(bad)} of {len(results)} recordings verified")
+    if bad:
+        raise JitSshError(f"{len(bad)} recording(s) failed verification: {', '.join(r['id'] for r in bad[:5])}")
+
+
+@sessions_app.command("prune")
+def prune(
+    older_than: Annotated[str, typer.Option("--older-than", help="e.g. 90d")],
+    yes: Annotated[bool, typer.Option("--yes", help="Delete; without it, only list (dry run).")] = False,
+    config: Annotated[Path, typer.Option("--config", help="Broker config (prune runs on the bastion).")] = Path(
+        "/etc/jit-ssh/broker.toml"
+    ),
+    as_json: JsonOption = False,
+) -> None:
+    """Delete recordings of sessions that ended long ago (dry run unless --yes); holds are kept."""
+    store = Store(BrokerConfig.load(config).store_url)
+    chosen, refused = prune_sessions(store, older_than=parse_duration(older_than), apply=yes)
+    if as_json:
+        emit_json({"pruned" if yes else "would_prune": chosen, "kept": [{"id": i, "why": w} for i, w in refused]})
+        return
+    verb = "Pruned" if yes else "Would prune (dry run; --yes to delete)"
+    console.print(f"{verb}: {len(chosen)} recording(s)")
+    for session_id, why in refused:
+        console.print(f"  kept {session_id}: {why}")
+
+
+@sessions_app.command("hold")
+def hold(
+    session_id: Annotated[str, typer.Argument()],
+    release: Annotated[bool, typer.Option("--release", help="Lift the hold.")] = False,
+    config: Annotated[Path, typer.Option("--config")] = Path("/etc/jit-ssh/broker.toml"),
+) -> None:
+    """Put a session under legal hold (prune keeps it), or release it."""
+    set_hold(Store(BrokerConfig.load(config).store_url), session_id, hold=not release, actor="admin")
+    console.print(f"Session {session_id} {'released' if release else 'on hold'}")
+
+
+# -- streams -----------------------------------------------------------------------------------------
+async def _local_lines(store: Store, session_id: str, *, follow: bool, action: str) -> AsyncIterator[bytes]:
+    path, running = recording_of(store, session_id)
+    record_review(store, actor="admin", action=action, session_id=session_id)
+    writer = AsciicastWriter()
+
+    def live() -> bool:
+        return follow and recording_of(store, session_id)[1]
+
+    async for header, frame in follow_frames(path, live=live if follow and running else lambda: False):
+        text = writer.header(header) if frame is None else writer.frame(frame)
+        for line in text.splitlines(keepends=True):
+            yield line.encode()
+    for line in writer.finish().splitlines(keepends=True):
+        yield line.encode()
+
+
+async def _remote_lines(verb: str, args: dict[str, Any]) -> AsyncIterator[bytes]:
+    async with ControlClient(Settings.load()) as client:
+        async for line in client.stream(verb, args):
+            yield line
+
+
+def _lines(config: Path | None, session_id: str, *, verb: str, follow: bool, purpose: str) -> AsyncIterator[bytes]:
+    store = _local_store(config)
+    if store is not None:
+        return _local_lines(store, session_id, follow=follow, action=f"session.{purpose}")
+    args: dict[str, Any] = {"id": session_id}
+    if verb == "export":
+        args.update(follow=follow, purpose=purpose)
+    return _remote_lines(verb, args)
+
+
+def register(app: typer.Typer) -> None:
+    app.add_typer(sessions_app, name="sessions")
+
+    @app.command("export")
+    def export(
+        session_id: Annotated[str, typer.Argument()],
+        output: Annotated[Path, typer.Option("-o", "--output", help="FILE.cast (asciicast v2).")],
+        config: ConfigOption = None,
+    ) -> None:
+        """Write a session as a standard asciicast v2 file (asciinema play/cat read it)."""
+
+        async def collect() -> bytes:
+            chunks = [line async for line in _lines(config, session_id, verb="export", follow=False, purpose="export")]
+            return b"".join(chunks)
+
+        data = run_async(collect())
+        write_atomic(output, data, mode=0o600)
+        console.print(f"Wrote {output} ({_size(len(data))})")
+
+    @app.command("replay")
+    def replay(
+        session_id: Annotated[str, typer.Argument()],
+        speed: Annotated[float, typer.Option("--speed", help="Playback speed factor.")] = 1.0,
+        idle_limit: Annotated[str | None, typer.Option("--idle-limit", help="Cap pauses, e.g. 2s.")] = None,
+        start: Annotated[str | None, typer.Option("--from", help="Start at, e.g. 1m30s.")] = None,
+        raw: Annotated[
+            bool, typer.Option("--raw", help="Play the bytes as recorded (unsafe for your terminal).")
+        ] = False,
+        config: ConfigOption = None,
+    ) -> None:
+        """Play a recording in this terminal with its timing (space pauses, q quits); follows a live one."""
+        if not 0.01 <= speed <= 1000:
+            raise InputError("--speed must be between 0.01 and 1000")
+        limit = parse_duration(idle_limit).total_seconds() if idle_limit else None
+        offset = parse_duration(start).total_seconds() if start else 0.0
+        lines = _lines(config, session_id, verb="export", follow=True, purpose="replay")
+        _play_stream(lines, speed=speed, idle_limit=limit, start=offset, raw=raw)
+
+    @app.command("watch")
+    def watch(session_id: Annotated[str, typer.Argument()], config: ConfigOption = None) -> None:
+        """A live, read-only view of an active session (the user is told they are watched)."""
+        lines = _lines(config, session_id, verb="watch", follow=True, purpose="watch")
+        # Everything so far at once (no pauses), then live as it comes.
+        _play_stream(lines, speed=1.0, idle_limit=0.0, start=0.0, raw=False)
+
+
+def _play_stream(
+    lines: AsyncIterator[bytes], *, speed: float, idle_limit: float | None, start: float, raw: bool
+) -> None:
+    """Feed a (possibly live) asciicast line stream through the sanitiser and the player."""
+    events: queue.Queue[tuple[float, str] | BaseException | None] = queue.Queue(maxsize=10_000)
+
+    def pump() -> None:
+        async def go() -> None:
+            first = True
+            async for line in lines:
+                if first:
+                    first = False
+                    continue
+                event = json.loads(line)
+                if isinstance(event, list) and len(event) == 3 and event[1] == "o":
+                    events.put((float(event[0]), str(event[2])))
+
+        try:
+            asyncio.run(go())
+            events.put(None)
+        except BaseException as exc:  # noqa: BLE001 - handed to the main thread, which raises it
+            events.put(exc)
+
+    thread = threading.Thread(target=pump, daemon=True)
+    thread.start()
+
+    def source() -> Iterator[tuple[float, str]]:
+        state = None
+        while True:
+            item = events.get()
+            if item is None:
+                return
+            if isinstance(item, BaseException):
+                raise item
+            moment, text = item
+            if not raw:
+                text, state = sanitize(text, state)
+            yield moment, text
+
+    steps = schedule(source(), speed=speed, idle_limit=idle_limit, start=start)
+    if sys.stdin.isatty():
+        with TtyKeys(sys.stdin.fileno()) as keys:
+            play(steps, sys.stdout, keys=keys)
+    else:
+        play(steps, sys.stdout)
+    sys.stdout.flush()
