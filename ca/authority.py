@@ -135,31 +135,21 @@ class CADirectory:
             raise CAKeyError(f"CA passphrase is {len(passphrase)} characters; at least {_MIN_PASSPHRASE}")
         existing = [p.name for p in _all_files(directory) if p.exists()]
         if existing and not force:
-            raise CAKeyError(
-                f"{directory} already holds {', '.join(existing)}; refusing to overwrite without --force"
-            )
+            raise CAKeyError(f"{directory} already holds {', '.join(existing)}; refusing to overwrite without --force")
         try:
             directory.mkdir(mode=0o700, parents=True, exist_ok=True)
             encryption: serialization.KeySerializationEncryption = (
-                serialization.BestAvailableEncryption(passphrase)
-                if passphrase
-                else serialization.NoEncryption()
+                serialization.BestAvailableEncryption(passphrase) if passphrase else serialization.NoEncryption()
             )
             for role in CARole:
                 key = generate_private_key(key_type)
-                private = key.private_bytes(
-                    serialization.Encoding.PEM, serialization.PrivateFormat.OpenSSH, encryption
-                )
+                private = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.OpenSSH, encryption)
                 public = key.public_key().public_bytes(
                     serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH
                 )
                 _write_private(directory / f"{role}_ca", private)
-                (directory / f"{role}_ca.pub").write_text(
-                    f"{public.decode()} jit-ssh-{role}-ca\n", encoding="utf-8"
-                )
-            meta = (
-                f'key_type = "{key_type}"\ninsecure_no_passphrase = {str(insecure_no_passphrase).lower()}\n'
-            )
+                (directory / f"{role}_ca.pub").write_text(f"{public.decode()} jit-ssh-{role}-ca\n", encoding="utf-8")
+            meta = f'key_type = "{key_type}"\ninsecure_no_passphrase = {str(insecure_no_passphrase).lower()}\n'
             (directory / _META).write_text(meta, encoding="utf-8")
         except OSError as exc:
             raise CAKeyError(f"cannot write CA keys to {directory}: {exc.strerror}") from exc
@@ -186,26 +176,21 @@ class CADirectory:
         mode = stat.S_IMODE(info.st_mode)
         if mode & 0o077:
             raise CAKeyError(
-                f"CA key {path} is accessible by group or others (mode {mode:04o}); "
-                f"expected 0600: chmod 600 {path}"
+                f"CA key {path} is accessible by group or others (mode {mode:04o}); expected 0600: chmod 600 {path}"
             )
         if info.st_size > _MAX_KEY_FILE:
             raise CAKeyError(f"CA key {path} is {info.st_size} bytes; not a key file")
         data = path.read_bytes()
         encrypted = b"aes256" in _openssh_header(data, path)
         if not encrypted and not self.insecure:
-            raise CAKeyError(
-                f"CA key {path} is not encrypted but {self.path / _META} says it should be; refusing it"
-            )
+            raise CAKeyError(f"CA key {path} is not encrypted but {self.path / _META} says it should be; refusing it")
         if encrypted and passphrase is None:
             raise CAKeyError(f"CA key {path} is encrypted: set {PASSPHRASE_ENV} or {PASSPHRASE_FILE_ENV}")
         try:
             key = serialization.load_ssh_private_key(data, passphrase if encrypted else None)
         except (ValueError, UnsupportedAlgorithm) as exc:  # a damaged cipher, KDF or key type name
             if encrypted:
-                raise CAKeyError(
-                    f"cannot decrypt CA key {path}: wrong passphrase, or the file is damaged"
-                ) from exc
+                raise CAKeyError(f"cannot decrypt CA key {path}: wrong passphrase, or the file is damaged") from exc
             raise CAKeyError(f"CA key {path} is damaged: {exc}") from exc
         if not isinstance(key, ed25519.Ed25519PrivateKey | ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey):
             raise CAKeyError(f"CA key {path} is of an unsupported type")

@@ -156,9 +156,7 @@ class Certificate:
         except InputError as exc:
             raise CertificateError(f"certificate is malformed: {exc}") from exc
         if cert.cert_key_type != parts[0]:
-            raise CertificateError(
-                f"certificate line says {parts[0][:64]!r}, its blob {cert.cert_key_type!r}"
-            )
+            raise CertificateError(f"certificate line says {parts[0][:64]!r}, its blob {cert.cert_key_type!r}")
         return cert
 
     def to_openssh(self, comment: str = "") -> str:
@@ -188,9 +186,7 @@ class Certificate:
         if not self.signature_valid():
             raise CertificateError(f"certificate {self.key_id!r} has an invalid signature")
         if self.cert_type is not cert_type:
-            raise CertificateError(
-                f"certificate {self.key_id!r} is a {self.cert_type.name.lower()} certificate"
-            )
+            raise CertificateError(f"certificate {self.key_id!r} is a {self.cert_type.name.lower()} certificate")
         moment = int((now or datetime.now(UTC)).timestamp())
         if moment < self.valid_after:
             raise CertificateError(f"certificate {self.key_id!r} is not valid yet")
@@ -359,9 +355,7 @@ def _principal_list(values: Sequence[str], check: object) -> tuple[str, ...]:
         raise CertificateError("principals must be a list of names, not one string")
     unique = tuple(dict.fromkeys(values))
     if not unique:
-        raise CertificateError(
-            "refusing to mint a certificate with no principals (OpenSSH reads that as 'any')"
-        )
+        raise CertificateError("refusing to mint a certificate with no principals (OpenSSH reads that as 'any')")
     if len(unique) > MAX_PRINCIPALS:
         raise CertificateError(f"{len(unique)} principals; at most {MAX_PRINCIPALS}")
     for value in unique:
@@ -464,9 +458,7 @@ def _source_networks(values: tuple[str, ...]) -> str:
         try:
             networks.append(str(ipaddress.ip_network(value.strip(), strict=True)))
         except ValueError as exc:
-            raise CertificateError(
-                f"source-address {value[:64]!r} is not an address or CIDR network"
-            ) from exc
+            raise CertificateError(f"source-address {value[:64]!r} is not an address or CIDR network") from exc
     return ",".join(dict.fromkeys(networks))
 
 

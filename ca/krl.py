@@ -149,9 +149,7 @@ class KRL:
     def is_revoked(self, cert: Certificate) -> bool:
         """Whether ``cert`` is revoked here by its serial or key id under its signing CA."""
         ca = cert.signature_key
-        return cert.serial in self.serials.get(ca, frozenset()) or cert.key_id in self.key_ids.get(
-            ca, frozenset()
-        )
+        return cert.serial in self.serials.get(ca, frozenset()) or cert.key_id in self.key_ids.get(ca, frozenset())
 
 
 def _serial_sections(serials: frozenset[int]) -> list[bytes]:
@@ -173,9 +171,7 @@ def _serial_sections(serials: frozenset[int]) -> list[bytes]:
     return sections
 
 
-def _parse_cert_section(
-    body: bytes, serials: dict[PublicKey, set[int]], key_ids: dict[PublicKey, set[str]]
-) -> None:
+def _parse_cert_section(body: bytes, serials: dict[PublicKey, set[int]], key_ids: dict[PublicKey, set[str]]) -> None:
     reader = Reader(body, "KRL certificate section")
     ca_blob = reader.string()
     if not ca_blob:

@@ -63,9 +63,7 @@ class KeySigner:
 
     def __init__(self, key: PrivateKey) -> None:
         self._key = key
-        blob = key.public_key().public_bytes(
-            serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH
-        )
+        blob = key.public_key().public_bytes(serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH)
         self._public = PublicKey.parse(blob.decode())
         # The algorithm is chosen here, once, rather than by type tests on every signature.
         self._raw_sign: Callable[[bytes], bytes]
