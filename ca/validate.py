@@ -29,7 +29,8 @@ _LOGIN = re.compile(r"[a-z_][a-z0-9_.-]{0,31}")
 # an AuthorizedPrincipalsFile or a log line.
 _PRINCIPAL = re.compile(r"[A-Za-z0-9._@:+=-]{1,255}")
 # ASCII digits only: \d and str.isdigit() also match other scripts' digits and superscripts.
-_DURATION = re.compile(r"(?:(\d+)d)?(?:(\d+)h)?(?:(\d+)m)?(?:(\d+)s)?", re.ASCII)
+# At most six digits a part: more would overflow timedelta (OverflowError, not a clear InputError).
+_DURATION = re.compile(r"(?:(\d{1,6})d)?(?:(\d{1,6})h)?(?:(\d{1,6})m)?(?:(\d{1,6})s)?", re.ASCII)
 
 
 def _shown(value: str) -> str:
