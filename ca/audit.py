@@ -85,9 +85,12 @@ def verify_chain(store: Store) -> tuple[int, AuditProblem | None]:
         count = 0
         for event in session.exec(select(AuditEvent).order_by(col(AuditEvent.seq))):
             count += 1
+            if event.seq > expected_seq:  # the report names the missing event, not the intact one after it
+                return count, AuditProblem(
+                    expected_seq, f"event {expected_seq} is missing (found event {event.seq} next)"
+                )
             if event.seq != expected_seq:
-                missing = f"event {expected_seq} is missing" if event.seq > expected_seq else "sequence repeats"
-                return count, AuditProblem(event.seq, f"{missing} (found event {event.seq} next)")
+                return count, AuditProblem(event.seq, f"sequence repeats (found event {event.seq} next)")
             if event.prev_hash != prev:
                 return count, AuditProblem(event.seq, f"event {event.seq} does not link to event {event.seq - 1}")
             digest = _digest(
