@@ -13,8 +13,9 @@ environment and revision files for what is, so far, a short list of forward-only
 from __future__ import annotations
 
 import json
+import threading
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -229,6 +230,7 @@ class Store:
     def __init__(self, url: str | Path) -> None:
         self.url = _as_url(url)
         self.is_sqlite = self.url.startswith("sqlite")
+        self._local_writer: AbstractContextManager[Any] = threading.RLock() if self.is_sqlite else nullcontext()
         try:
             self.engine = self._make_engine()
             self._upgrade()
@@ -289,16 +291,19 @@ class Store:
     @contextmanager
     def transaction(self) -> Iterator[Session]:
         """One write transaction: committed if the block succeeds, rolled back if it raises."""
-        session = Session(self.engine, expire_on_commit=False)
-        try:
-            with session.begin():
-                yield session
-        except IntegrityError as exc:
-            raise StoreError(f"the database refused a conflicting change: {_reason(exc)}") from exc
-        except OperationalError as exc:
-            raise StoreError(f"database error: {_reason(exc)}") from exc
-        finally:
-            session.close()
+        # SQLite: threads of this process queue on a lock that hands over at once; only other
+        # processes meet SQLite's busy handler, which polls with sleeps of up to 100 ms.
+        with self._local_writer:
+            session = Session(self.engine, expire_on_commit=False)
+            try:
+                with session.begin():
+                    yield session
+            except IntegrityError as exc:
+                raise StoreError(f"the database refused a conflicting change: {_reason(exc)}") from exc
+            except OperationalError as exc:
+                raise StoreError(f"database error: {_reason(exc)}") from exc
+            finally:
+                session.close()
 
     def lock_counter(self, session: Session, name: str) -> Counter:
         """The counter row ``name``, locked for this transaction (created at 0 if missing)."""
