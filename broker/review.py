@@ -95,7 +95,8 @@ def index_recording(path: Path, *, kind: str, command: str | None, pty: bool) ->
     index.output_lines = len(kept)
     if kind == "exec" and command is not None:
         index.commands.append((0.0, command, "exec"))
-    elif kind == "shell" or pty:
+    # An exec with a terminal (ssh -t host bash, sudo -i) is typed into like a shell.
+    if kind == "shell" or pty:
         from .commands import reconstruct_commands  # noqa: PLC0415 - pyte loads only when a shell is indexed
 
         _, frames_again, _ = read_recording(path)

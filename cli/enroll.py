@@ -5,6 +5,7 @@ The bundle (printed, or written to ``--output DIR`` for ``scripts/enroll-host``)
     trusted_user_ca_keys.pub     the access CA: the only key sshd trusts for users
     auth_principals/LOGIN        one file per login the policy allows here, listing LOGIN@HOST
     revoked.krl                  the current KRL (kept fresh by the jit-ssh-krl timer)
+    known_hosts                  the host CA's @cert-authority line: fetch-krl verifies the bastion with it
     jit-ssh.conf                 the sshd_config.d drop-in naming the three, and the host certificate
     HOSTKEY-cert.pub             the host's own key certified by the host CA (with --host-key)
 """
@@ -77,6 +78,9 @@ def build_bundle(
     for login in logins:
         bundle.files[f"auth_principals/{login}"] = (target_principal(login, name) + "\n").encode()
     bundle.files["revoked.krl"] = Authority(store, policy).krl(access_ca=access, user_ca=user).to_bytes()
+    # What 'jit-ssh ca known-hosts' prints; enroll-host replaces the whole jit-ssh folder, so it must be here.
+    host_ca = ca.public_key(CARole.HOST).to_openssh("jit-ssh-host-ca")
+    bundle.files["known_hosts"] = f"@cert-authority * {host_ca}\n".encode()
     cert_name = None
     if host_key is not None:
         now = datetime.now(UTC)
