@@ -31,12 +31,17 @@ _USER = re.compile(r"[a-z][a-z0-9_.-]{0,31}")
 _GROUP = re.compile(r"[a-z][a-z0-9_-]{0,31}")
 _LABEL = re.compile(r"[A-Za-z0-9_.-]{1,63}")
 ADMIN = "admin"
+RESERVED_USERS = frozenset({ADMIN, "jit-ssh", "policy"})
 
 
 def check_user_name(name: str) -> str:
     # No '@': the broker reads a user name with '@' as LOGIN@HOST, a session target.
     if not _USER.fullmatch(name):
         raise InputError(f"expected a user name ([a-z][a-z0-9_.-]*, at most 32), found {name[:40]!r}")
+    # The audit log's own actors: an enrolled "admin" would pass as the bastion's operator (who may
+    # revoke any grant), and "policy" or "jit-ssh" would blur who decided what.
+    if name in RESERVED_USERS:
+        raise InputError(f"user name {name!r} is reserved for jit-ssh's own audit entries; choose another")
     return name
 
 
@@ -105,7 +110,8 @@ def add_user(
 
 def disable_user(store: Store, name: str, *, actor: str = ADMIN) -> None:
     with store.transaction() as session:
-        user = session.get(User, check_user_name(name))
+        # A reserved name enrolled before names were reserved can still be disabled.
+        user = session.get(User, name if name in RESERVED_USERS else check_user_name(name))
         if user is None:
             raise InputError(f"no user {name!r}")
         user.disabled = True

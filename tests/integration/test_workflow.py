@@ -196,6 +196,16 @@ def test_who_may_approve(authority: Authority) -> None:
     assert refusals.count(("ghost", "request.deny.refused")) == 1
 
 
+def test_the_audit_logs_own_actors_cannot_be_enrolled(authority: Authority) -> None:
+    # An enrolled "admin" would pass Authority.revoke's check for the bastion's local operator.
+    for name in ("admin", "policy", "jit-ssh"):
+        with pytest.raises(InputError, match=f"user name '{name}' is reserved"):
+            add_user(authority.store, name, keys=[KEYS[0]], groups=["sre"])
+    rid = prod_request(authority)
+    with pytest.raises(AccessDenied, match="unknown user 'admin'"):
+        authority.approve(rid, approver="admin")
+
+
 def test_two_of_three_counts_distinct_approvers_never_the_requester(authority: Authority) -> None:
     rid = authority.create_request(
         requester="bob", hosts=["db-1"], login="postgres", duration=timedelta(hours=1), reason="vacuum"
