@@ -482,7 +482,9 @@ class Authority:
                 view = self._view(session, row)
                 if actor != "admin":  # the bastion's own operator, from `jit-ssh revoke` run locally
                     groups = self._groups(self._user(session, actor))
-                    if actor != row.requester and not groups & set(view.approver_groups):
+                    # Break-glass and auto-approved grants have no approvers: reviewers may end them.
+                    allowed = set(view.approver_groups) | set(self.policy.reviewer_groups)
+                    if actor != row.requester and not groups & allowed:
                         raise AccessDenied(f"{actor} may not revoke request {request_id}")
                 if row.state not in (RequestState.APPROVED, RequestState.PENDING):
                     raise AccessDenied(f"request {request_id} is {row.state}; nothing to revoke")
