@@ -8,8 +8,12 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+from jit_ssh.broker.config import BrokerConfig
 from jit_ssh.ca import AccessDenied, Certificate, JitSshError, PublicKey
+from jit_ssh.ca.policy import Policy
+from jit_ssh.ca.store import Store
 from jit_ssh.ca.validate import parse_duration
+from jit_ssh.ca.workflow import Authority
 from rich.status import Status
 
 from .client import ControlClient, call, run_async
@@ -186,10 +190,24 @@ def register(app: typer.Typer) -> None:
     def revoke_cmd(
         request_id: Annotated[int, typer.Argument(help="Request id.")],
         reason: Annotated[str | None, typer.Option("--reason", "-r", help="Why.")] = None,
+        config: Annotated[
+            Path | None, typer.Option("--config", help="On the bastion: revoke as the admin, through the store.")
+        ] = None,
         as_json: JsonOption = False,
     ) -> None:
-        """End a grant: its certificates are revoked."""
-        decision("revoke", {"id": request_id, **({"reason": reason} if reason else {})}, as_json)
+        """End a grant: its certificates are revoked and its live sessions closed."""
+        if config is None:
+            decision("revoke", {"id": request_id, **({"reason": reason} if reason else {})}, as_json)
+            return
+        # Brokers poll the store every second and close the grant's sessions; the KRL they serve is
+        # computed from the store on each fetch, so it changes at once too.
+        cfg = BrokerConfig.load(config)
+        authority = Authority(Store(cfg.store_url), Policy.load(cfg.policy))
+        view, serials = authority.revoke(request_id, actor="admin", reason=reason)
+        if as_json:
+            emit_json({**view.as_dict(), "revoked_serials": serials})
+        else:
+            console.print(f"Request {view.id} is now {view.state.value} ({len(serials)} certificate(s) revoked)")
 
     @app.command("cert")
     def cert_cmd(
