@@ -47,9 +47,7 @@ def check_hostname(value: str) -> str:
 def check_login(value: str) -> str:
     """A Unix login name: lower case letter or '_' first, then [a-z0-9_.-], at most 32 characters."""
     if not _LOGIN.fullmatch(value):
-        raise InputError(
-            f"expected a login name such as 'ubuntu' ([a-z_][a-z0-9_.-]*), found {_shown(value)}"
-        )
+        raise InputError(f"expected a login name such as 'ubuntu' ([a-z_][a-z0-9_.-]*), found {_shown(value)}")
     return value
 
 
