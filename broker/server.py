@@ -66,6 +66,12 @@ _ENFORCE_INTERVAL = 0.25
 _STATE_POLL = 1.0
 _HOST_CERT_VALIDITY = timedelta(days=30)
 _ONWARD_TIMEOUT = 15.0
+#: The broker's own hop prefers AES-GCM, which asyncssh relays 1.5 to 2 times as fast as its default first
+#: choice, chacha20-poly1305 (with AES-NI, on loopback); asyncssh's other defaults follow, for any host.
+_ONWARD_CIPHERS = (
+    "aes128-gcm@openssh.com", "aes256-gcm@openssh.com", "chacha20-poly1305@openssh.com",
+    "aes256-ctr", "aes192-ctr", "aes128-ctr",
+)  # fmt: skip
 
 
 class Broker:
@@ -156,6 +162,7 @@ class Broker:
                 keepalive_interval=30,
                 keepalive_count_max=4,
                 login_timeout=30,
+                line_editor=False,  # bytes are relayed, never edited: no wrapper around every channel
             )
         except OSError as exc:
             raise JitSshError(
@@ -351,6 +358,7 @@ class Broker:
                 keepalive_interval=30,
                 keepalive_count_max=4,
                 connect_timeout=_ONWARD_TIMEOUT,
+                encryption_algs=_ONWARD_CIPHERS,
             )
         except asyncssh.PermissionDenied as exc:
             raise AccessDenied(
