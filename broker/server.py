@@ -66,6 +66,7 @@ _ENFORCE_INTERVAL = 0.25
 _STATE_POLL = 1.0
 _HOST_CERT_VALIDITY = timedelta(days=30)
 _ONWARD_TIMEOUT = 15.0
+_AUTH_AUDIT_BURST = 60
 #: The broker's own hop prefers AES-GCM, which asyncssh relays 1.5 to 2 times as fast as its default first
 #: choice, chacha20-poly1305 (with AES-NI, on loopback); asyncssh's other defaults follow, for any host.
 _ONWARD_CIPHERS = (
@@ -103,6 +104,8 @@ class Broker:
         self._loops: list[asyncio.Task[None]] = []
         self.live: dict[int, set[ProxySession]] = {}
         self.connections: set[ClientConnection] = set()
+        #: [window start, audited in window, held back in window] for refused-key audit events.
+        self._auth_window: list[float] = [time.monotonic(), 0, 0]
         self.port = 0
 
     # -- host identity ---------------------------------------------------------------------------
@@ -480,18 +483,31 @@ class Broker:
         try:
             user = await asyncio.to_thread(user_for_key, self.store, key)
         except (AccessDenied, InputError) as exc:
-            await asyncio.to_thread(
-                self.audit_refusal, "auth.refused", f"user:{username[:64]}",
-                {"key": key.fingerprint(), "peer": peer, "reason": exc.message},
-            )  # fmt: skip
+            await self._audit_auth_refusal(username, {"key": key.fingerprint(), "peer": peer, "reason": exc.message})
             return None
         if user != username:
-            await asyncio.to_thread(
-                self.audit_refusal, "auth.refused", f"user:{username[:64]}",
-                {"key": key.fingerprint(), "peer": peer, "reason": f"key belongs to {user}"},
-            )  # fmt: skip
+            reason = f"key belongs to {user}"
+            await self._audit_auth_refusal(username, {"key": key.fingerprint(), "peer": peer, "reason": reason})
             return None
         return user
+
+    async def _audit_auth_refusal(self, username: str, details: dict[str, Any]) -> None:
+        """Audit refused keys, at most _AUTH_AUDIT_BURST a minute: clients that have not authenticated
+        must not be able to flood the audit log. What is held back is counted in one later event."""
+        now = time.monotonic()
+        if now - self._auth_window[0] >= 60:
+            suppressed = self._auth_window[2]
+            self._auth_window = [now, 0, 0]
+            if suppressed:
+                await asyncio.to_thread(
+                    self.audit_refusal, "auth.refused.suppressed", "broker", {"count": suppressed, "per": "minute"}
+                )
+        if self._auth_window[1] >= _AUTH_AUDIT_BURST:
+            self._auth_window[2] += 1
+            log.warning("auth refused for %s (audit rate limit reached): %s", username[:64], details.get("reason"))
+            return
+        self._auth_window[1] += 1
+        await asyncio.to_thread(self.audit_refusal, "auth.refused", f"user:{username[:64]}", details)
 
     # -- control commands ------------------------------------------------------------------------
     def control_session(self, user: str) -> ControlSession:
