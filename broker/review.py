@@ -48,6 +48,7 @@ __all__ = [
 ]
 
 OUTPUT_INDEX_LIMIT = 4 * 1024 * 1024
+_MAX_LINE = 4096
 _MAX_PATTERN = 200
 _ANSI = re.compile(r"\x1b(?:\[[0-?]*[ -/]*[@-~]|\][^\x07\x1b]*(?:\x07|\x1b\\)?|[PX^_][^\x1b]*(?:\x1b\\)?|.)")
 
@@ -78,7 +79,13 @@ def index_recording(path: Path, *, kind: str, command: str | None, pty: bool) ->
         if frame.code in streams and size < OUTPUT_INDEX_LIMIT:
             text, _ = streams[frame.code].decode(frame.payload)
             chunk = pending[frame.code] + _ANSI.sub("", text)
-            *lines, pending[frame.code] = chunk.replace("\r", "\n").split("\n")
+            *lines, rest = chunk.replace("\r", "\n").split("\n")
+            if len(rest) > _MAX_LINE:
+                # Output without line ends (head -c 1G /dev/zero) must not grow one string for ever,
+                # which made indexing quadratic: index it in pieces of one long line each.
+                lines.append(rest[:_MAX_LINE])
+                rest = ""
+            pending[frame.code] = rest
             for line in lines:
                 clean = line.strip()
                 if clean and clean not in seen:
