@@ -19,7 +19,8 @@ from contextlib import AbstractContextManager, contextmanager, nullcontext
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Engine, UniqueConstraint, event, inspect
+from sqlalchemy import BigInteger, Engine, Integer, UniqueConstraint, event, inspect
+from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.exc import IntegrityError, OperationalError, SQLAlchemyError
 from sqlmodel import Field, Session, SQLModel, create_engine, select
 
@@ -219,6 +220,14 @@ class SchemaMeta(SQLModel, table=True):
     value: str
 
 
+# SQLite's INTEGER holds 64 bits, PostgreSQL's 32: ids, serials, epoch seconds (past 2038) and byte counts
+# need 64 on both, so every int column is BIGINT (BIGSERIAL for the ids) there. SQLite's DDL is unchanged,
+# so an INTEGER PRIMARY KEY stays the rowid.
+for _table in SQLModel.metadata.tables.values():
+    for _column in _table.columns:
+        if type(_column.type) is Integer:
+            _column.type = BigInteger().with_variant(Integer(), "sqlite")
+
 SCHEMA_VERSION = 1
 #: Steps from version N-1 to N, each run in the upgrade's one transaction. Version 1 is the base.
 MIGRATIONS: dict[int, Callable[[Session], None]] = {}
@@ -312,11 +321,18 @@ class Store:
             statement = statement.with_for_update()
         row = session.exec(statement).first()
         if row is None:
-            row = Counter(name=name, value=0)
-            session.add(row)
-            session.flush()
-            if not self.is_sqlite:
-                row = session.exec(select(Counter).where(Counter.name == name).with_for_update()).one()
+            if self.is_sqlite:  # BEGIN IMMEDIATE: nobody else can be creating it
+                row = Counter(name=name, value=0)
+                session.add(row)
+                session.flush()
+                return row
+            # FOR UPDATE locks no row that is not there yet: two transactions can both get here, and a
+            # plain INSERT would fail the second on the primary key. ON CONFLICT DO NOTHING makes it wait
+            # for the first to commit instead; then both lock the one row.
+            session.connection().execute(
+                pg_insert(Counter).values(name=name, value=0).on_conflict_do_nothing(index_elements=["name"])
+            )
+            row = session.exec(statement).one()
         return row
 
     def next_serial(self, session: Session) -> int:
