@@ -72,7 +72,7 @@ class Clock:
         self.now += seconds
 
 
-def make_authority(path: Path, signer: KeySigner, clock: Clock) -> Authority:
+def make_authority(path: str | Path, signer: KeySigner, clock: Clock) -> Authority:
     store = Store(path)
     for name in (*ENABLED, "mallory"):
         add_user(store, name, keys=[], groups=STORE_GROUPS.get(name, []))
