@@ -103,7 +103,6 @@ class Broker:
         self._tasks: set[asyncio.Task[Any]] = set()
         self._loops: list[asyncio.Task[None]] = []
         self.live: dict[int, set[ProxySession]] = {}
-        self.connections: set[ClientConnection] = set()
         #: [window start, audited in window, held back in window] for refused-key audit events.
         self._auth_window: list[float] = [time.monotonic(), 0, 0]
         self.port = 0
@@ -178,9 +177,7 @@ class Broker:
         return self.port
 
     def _new_connection(self) -> ClientConnection:
-        conn = ClientConnection(self)
-        self.connections.add(conn)
-        return conn
+        return ClientConnection(self)
 
     def spawn(self, coro: Coroutine[Any, Any, Any]) -> None:
         task = asyncio.get_running_loop().create_task(coro)
