@@ -13,6 +13,7 @@ import json
 import logging
 import os
 import signal
+import tempfile
 import time
 from collections.abc import Callable, Coroutine, Mapping
 from datetime import UTC, datetime, timedelta
@@ -150,6 +151,7 @@ class Broker:
 
         self.authority.listeners.append(listen)
         key, cert = await asyncio.to_thread(self._host_key)
+        await asyncio.to_thread(self.publish_krl)
         try:
             self._server = await asyncssh.create_server(
                 self._new_connection,
@@ -511,19 +513,25 @@ class Broker:
         return ControlSession(self, user)
 
     def current_krl(self) -> bytes:
-        """The KRL hosts should use now: every revoked, unexpired serial of the access and user CAs.
+        """The KRL hosts should use now: every revoked, unexpired serial of the access and user CAs."""
+        return self.authority.krl(access_ca=self._access_ca.public_key, user_ca=self.user_ca_key).to_bytes()
 
-        Also written to ``DATA_DIR/revoked.krl`` (atomically) for local distribution.
+    def publish_krl(self) -> None:
+        """Write the current KRL to ``DATA_DIR/revoked.krl`` for local distribution, atomically.
+
+        Only when it changes (a revocation), not on every fetch: hosts fetch every minute, and
+        concurrent writers must never leave a file that sshd cannot read.
         """
-        data = self.authority.krl(access_ca=self._access_ca.public_key, user_ca=self.user_ca_key).to_bytes()
+        data = self.current_krl()
         target = self.config.data_dir / "revoked.krl"
-        tmp = target.with_name(f".revoked.krl.{os.getpid()}")
         try:
-            tmp.write_bytes(data)
-            tmp.replace(target)
+            fd, name = tempfile.mkstemp(prefix=".revoked.krl.", dir=target.parent)
+            with os.fdopen(fd, "wb") as handle:
+                handle.write(data)
+            Path(name).chmod(0o644)
+            Path(name).replace(target)
         except OSError as exc:
             log.warning("could not write %s: %s", target, exc)
-        return data
 
     def live_session(self, session_id: str) -> ProxySession | None:
         for sessions in self.live.values():
@@ -558,7 +566,7 @@ class Broker:
 
         def revoked(request_id: int, serials: list[int]) -> None:
             loop.call_soon_threadsafe(self.end_grant, request_id, f"grant {request_id} revoked: session closed")
-            self.current_krl()  # the published KRL changes at once (we run in a worker thread here)
+            self.publish_krl()  # the published KRL changes at once (we run in a worker thread here)
 
         ctx = ControlContext(self.authority, user, on_revoke=revoked)
         reply, code = await asyncio.to_thread(dispatch, ctx, verb, raw)
