@@ -67,6 +67,7 @@ TARGET_PTY = 0.6
 TARGET_SETUP = 1.1
 TARGET_MEMORY_KIB = 80
 PART_NAMES = ("setup", "echo", "throughput", "pty", "memory")
+TRANSFER_NAMES = ("exec-up", "exec-down", "scp-up", "scp-down")
 THROUGHPUT_HEADER = (
     "transfer", "direct", "ProxyJump", "broker", "broker / ProxyJump", "broker / direct", "broker CPU (of one core)",
     "recording size",
@@ -467,14 +468,20 @@ def quiet(limit: float = 15) -> bool:
 
 
 def part_throughput(
-    site: Site, size: int, rounds: int, ledger: BrokerLedger, spy: Path | None
+    site: Site,
+    size: int,
+    rounds: int,
+    ledger: BrokerLedger,
+    spy: Path | None,
+    only: Sequence[str] | None = None,
+    paths: Sequence[str] = PATHS,
 ) -> dict[tuple[str, str], list[float]]:
-    jobs = transfers(site, size)
+    jobs = [job for job in transfers(site, size) if not only or job.name in only]
     times: dict[tuple[str, str], list[float]] = {}
     idle_broker(site)
     for round_no in range(rounds):
         for job in jobs:
-            for path in PATHS:
+            for path in paths:
                 if path == "broker":
                     profile = spy if round_no == 0 and job is jobs[0] else None
                     elapsed, row = ledger.measure(site, job.name, lambda job=job: job.run("broker"), profile)
@@ -610,6 +617,8 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=None, help="rounds of throughput and pty transfers")
     parser.add_argument("--cipher", default="aes128-gcm@openssh.com", help="the cipher of every hop")
     parser.add_argument("--only", nargs="+", choices=PART_NAMES, help="run only these parts (no report written)")
+    parser.add_argument("--transfers", nargs="+", choices=TRANSFER_NAMES, help="only these transfers (no report)")
+    parser.add_argument("--paths", nargs="+", choices=PATHS, help="only these paths (no report)")
     parser.add_argument("--per-connection", type=int, default=1, help="sessions per client connection (memory)")
     parser.add_argument("--py-spy", type=Path, default=None, help="py-spy output for the broker's first transfer")
     args = parser.parse_args()
@@ -643,7 +652,9 @@ def main() -> None:
             echo = part_echo(site, sizes.echo_keys)
             print("  echo       " + ", ".join(f"{p} {median(v) * 1000:.2f} ms" for p, v in echo.items()), flush=True)
         if "throughput" in parts:
-            throughput = part_throughput(site, sizes.transfer, rounds, ledger, args.py_spy)
+            throughput = part_throughput(
+                site, sizes.transfer, rounds, ledger, args.py_spy, args.transfers, args.paths or PATHS
+            )
         if "memory" in parts:
             idle_broker(site)
             memory = part_memory(site, sizes.memory_steps, args.per_connection)
@@ -657,7 +668,7 @@ def main() -> None:
     for name, values in ledger.after.items():
         print(f"  after      {name:<10} broker CPU after the session: up to {max(values):.2f} s"
               f"{' (did not go idle: restarted)' if name in ledger.stuck else ''}")  # fmt: skip
-    if args.quick or args.only:
+    if args.quick or args.only or args.transfers or args.paths:
         print(f"bench_broker: done in {elapsed:.0f} s (BENCHMARKS.md not written: --quick / --only)")
         return
     results = Results(
