@@ -10,7 +10,6 @@ ends the session: a session is never left unrecorded.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import os
 import time
@@ -21,6 +20,7 @@ from typing import Any
 from jit_ssh.ca import JitSshError
 
 from .castlog import MAGIC, encode_frame
+from .digest import StreamDigest
 
 __all__ = ["DEFAULT_CAPTURE_LIMIT", "Recorder", "RecordingError", "StreamTally"]
 
@@ -40,7 +40,7 @@ class StreamTally:
 
     def __init__(self) -> None:
         self.bytes = 0
-        self.digest = hashlib.sha256()
+        self.digest = StreamDigest()
 
     def add(self, data: bytes) -> None:
         self.bytes += len(data)
@@ -58,7 +58,7 @@ class Recorder:
         self._fd = fd
         self._start = start
         self._buffer = bytearray()
-        self._digest = hashlib.sha256()
+        self._digest = StreamDigest()
         self.size = 0
         self.capture_limit = capture_limit
         #: With a terminal every byte is recorded; without one, content is capped (bulk).
@@ -134,7 +134,7 @@ class Recorder:
                 written = os.write(self._fd, view)
                 # Count as it lands: after a short write and a failure (disk full), the size and digest
                 # still describe exactly the bytes on disk.
-                self._digest.update(view[:written])
+                self._digest.update(blob if written == len(blob) else view[:written])
                 self.size += written
                 view = view[written:]
         except OSError as exc:

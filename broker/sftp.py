@@ -9,11 +9,12 @@ filexfer-02 (version 3), which OpenSSH speaks.
 
 from __future__ import annotations
 
-import hashlib
 import struct
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
+
+from .digest import StreamDigest
 
 __all__ = ["SftpObserver"]
 
@@ -33,8 +34,8 @@ class _File:
     writing: bool
     bytes_read: int = 0
     bytes_written: int = 0
-    read_digest: Any = field(default_factory=hashlib.sha256)
-    write_digest: Any = field(default_factory=hashlib.sha256)
+    read_digest: StreamDigest = field(default_factory=StreamDigest)
+    write_digest: StreamDigest = field(default_factory=StreamDigest)
 
 
 class _Packets:

@@ -1,0 +1,61 @@
+"""StreamDigest: SHA-256 on the digest worker equals hashlib's, in every order of chunk sizes, when the
+worker's backlog is full (then it hashes inline), and for buffers the caller reuses afterwards."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import random
+
+import pytest
+from jit_ssh.broker import digest as digest_module
+from jit_ssh.broker.digest import BATCH, StreamDigest
+
+
+def _chunks(seed: int, total: int) -> list[bytes]:
+    rng = random.Random(seed)
+    out: list[bytes] = []
+    while total > 0:
+        size = min(total, rng.choice((1, 17, 4096, 32 * 1024, BATCH - 1, BATCH, 3 * BATCH + 5)))
+        out.append(os.urandom(size))
+        total -= size
+    return out
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_equals_hashlib(seed: int) -> None:
+    chunks = _chunks(seed, 9 * BATCH + 123)
+    streams = [StreamDigest() for _ in range(3)]  # interleaved: one worker keeps each stream's order
+    for chunk in chunks:
+        for stream in streams:
+            stream.update(chunk)
+    expected = hashlib.sha256(b"".join(chunks)).hexdigest()
+    assert [s.hexdigest() for s in streams] == [expected] * 3
+
+
+def test_full_backlog_hashes_inline_in_order(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(digest_module, "MAX_BACKLOG", BATCH + 1)  # a second batch in flight does not fit
+    chunks = _chunks(7, 12 * BATCH)
+    stream = StreamDigest()
+    for chunk in chunks:
+        stream.update(chunk)
+    assert stream.hexdigest() == hashlib.sha256(b"".join(chunks)).hexdigest()
+    assert digest_module._worker.backlog == 0
+
+
+def test_reused_buffers_are_copied() -> None:
+    buffer = bytearray(os.urandom(BATCH // 2))
+    first = bytes(buffer)
+    stream = StreamDigest()
+    stream.update(memoryview(buffer))
+    buffer[:] = os.urandom(len(buffer))  # the caller reuses its buffer before the worker has run
+    stream.update(buffer)
+    assert stream.hexdigest() == hashlib.sha256(first + bytes(buffer)).hexdigest()
+
+
+def test_empty_and_repeated_hexdigest() -> None:
+    stream = StreamDigest()
+    stream.update(b"")
+    assert stream.hexdigest() == hashlib.sha256().hexdigest()
+    stream.update(b"abc")
+    assert stream.hexdigest() == stream.hexdigest() == hashlib.sha256(b"abc").hexdigest()
