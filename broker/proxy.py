@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any, cast
 import asyncssh
 from asyncssh.connection import SSHConnection
 
+from . import fastpath
 from .recorder import Recorder, RecordingError
 from .sftp import SftpObserver
 
@@ -251,7 +252,7 @@ class ProxySession(asyncssh.SSHServerSession[bytes]):
             self.sftp.client_data(data)
         elif not self._record(lambda r: r.data("i", data)):
             return
-        self.onward_chan.write(data)
+        fastpath.write(self.onward_chan, data)
 
     def from_host(self, data: bytes, datatype: asyncssh.DataType) -> None:
         if self.chan is None or self._closed:
@@ -263,7 +264,7 @@ class ProxySession(asyncssh.SSHServerSession[bytes]):
             self.sftp.server_data(data)
         elif not self._record(lambda r: r.data(stream, data)):
             return
-        self.chan.write(data, datatype)
+        fastpath.write(self.chan, data, datatype)
 
     def eof_received(self) -> bool:
         if not self._attached:

@@ -42,6 +42,7 @@ from jit_ssh.ca.validate import target_principal
 from jit_ssh.ca.workflow import Authority, RequestState
 from sqlmodel import col, select
 
+from . import fastpath
 from .castlog import AsciicastWriter, follow_frames
 from .config import BrokerConfig
 from .control import (
@@ -143,6 +144,8 @@ class Broker:
     # -- life ------------------------------------------------------------------------------------
     async def start(self) -> int:
         loop = asyncio.get_running_loop()
+        if os.environ.get("JIT_SSH_FASTPATH", "1") != "0":  # 0: asyncssh's own packet path (to compare)
+            fastpath.install()
         await self.notifier.start()
 
         def listen(event: str, payload: Mapping[str, Any]) -> None:
