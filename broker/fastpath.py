@@ -275,7 +275,7 @@ def _recv_pkthdr(self: Any) -> bool:
                 break
     finally:
         view.release()
-    if self._transport is not None and pos:
+    if pos:
         self._inpbuf = buf[pos:]
     return False
 

@@ -58,6 +58,7 @@ from .notify import Notifier
 from .proxy import ProxySession
 from .review import index_recording, record_review, recording_of, save_index
 from .session import ClientConnection, Grant
+from .tcp import quick_acks
 
 __all__ = ["Broker"]
 
@@ -75,6 +76,11 @@ _ONWARD_CIPHERS = (
     "aes128-gcm@openssh.com", "aes256-gcm@openssh.com", "chacha20-poly1305@openssh.com",
     "aes256-ctr", "aes192-ctr", "aes128-ctr",
 )  # fmt: skip
+
+
+class _OnwardClient(asyncssh.SSHClient):
+    def connection_made(self, conn: asyncssh.SSHClientConnection) -> None:
+        quick_acks(conn)  # sshd writes its set-up packets with Nagle on: see tcp.py
 
 
 class Broker:
@@ -354,6 +360,7 @@ class Broker:
                 grant.address,
                 grant.port,
                 username=grant.login,
+                client_factory=_OnwardClient,
                 client_keys=[(key, asyncssh.import_certificate(cert.to_openssh()))],
                 known_hosts=known,
                 host_key_alias=grant.host,

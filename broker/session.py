@@ -25,6 +25,7 @@ from jit_ssh.ca import AccessDenied, Certificate, CertificateError, InputError, 
 
 from .proxy import Onward, ProxySession, allowed_env
 from .recorder import Recorder
+from .tcp import quick_acks
 
 if TYPE_CHECKING:
     from .server import Broker
@@ -52,6 +53,17 @@ class Grant:
     key_id: str
 
 
+def _retrieve(task: asyncio.Task[Any]) -> None:
+    """The onward connection's failure is reported by the channel that needed it, not by asyncio."""
+    if not task.cancelled():
+        task.exception()
+
+
+def _close_onward(task: asyncio.Task[tuple[asyncssh.SSHClientConnection, int]]) -> None:
+    if not task.cancelled() and task.exception() is None:
+        task.result()[0].close()
+
+
 def new_session_id() -> str:
     return datetime.now(UTC).strftime("%Y%m%dT%H%M%S") + "-" + secrets.token_hex(4)
 
@@ -73,12 +85,13 @@ class ClientConnection(asyncssh.SSHServer):
         self._channels = 0
         self._onward: asyncssh.SSHClientConnection | None = None
         self._onward_serial: int | None = None
-        self._onward_lock = asyncio.Lock()
+        self._onward_task: asyncio.Task[tuple[asyncssh.SSHClientConnection, int]] | None = None
         self.live: set[ProxySession] = set()
 
     # -- authentication --------------------------------------------------------------------------
     def connection_made(self, conn: asyncssh.SSHServerConnection) -> None:
         self.conn = conn
+        quick_acks(conn)
         peer = conn.get_extra_info("peername")
         if peer:
             self.peer_host = str(peer[0])
@@ -93,6 +106,7 @@ class ClientConnection(asyncssh.SSHServer):
             accepted = await original(username, key_data, msg, signature)
             if accepted and msg and "@" in username:
                 self.grant, self.cert = self._candidates[username, key_data]
+                self._start_onward(self.grant)
             return accepted
 
         conn.validate_public_key = validate  # type: ignore[method-assign]
@@ -161,17 +175,37 @@ class ClientConnection(asyncssh.SSHServer):
     def connection_lost(self, exc: Exception | None) -> None:
         for session in list(self.live):
             session.connection_lost(exc)
-        if self._onward is not None:
-            self._onward.close()
-            self._onward = None
+        task, self._onward_task = self._onward_task, None
+        if task is not None:  # now, or when it is made (not cancelled: a connection made meanwhile would leak)
+            task.add_done_callback(_close_onward)
+        self._onward = None
 
     # -- channels --------------------------------------------------------------------------------
+    def _start_onward(self, grant: Grant) -> asyncio.Task[tuple[asyncssh.SSHClientConnection, int]]:
+        """Connect to the host as soon as the client has authenticated, while it opens its channel.
+
+        The host's TCP connect, key exchange and authentication (about 30 ms here, most of it sshd
+        starting its per-connection process) then run beside the grant's recheck and the start of the
+        recording instead of after them. No data flows on it before a session is recorded: a channel
+        opens on it only in :meth:`open_channel`, after the recheck and the recording.
+        """
+        if self._onward_task is None:
+            self._onward_task = asyncio.get_running_loop().create_task(
+                self.broker.connect_onward(grant, self.session_id)
+            )
+            self._onward_task.add_done_callback(_retrieve)
+        return self._onward_task
+
     async def _onward_connection(self, grant: Grant) -> asyncssh.SSHClientConnection:
-        async with self._onward_lock:
-            if self._onward is not None:
-                return self._onward
-            self._onward, self._onward_serial = await self.broker.connect_onward(grant, self.session_id)
-            return self._onward
+        task = self._start_onward(grant)
+        try:
+            conn, self._onward_serial = await asyncio.shield(task)
+        except Exception:
+            if self._onward_task is task:
+                self._onward_task = None  # the next channel of this connection tries again
+            raise
+        self._onward = conn
+        return conn
 
     async def open_channel(self, proxy: ProxySession) -> None:
         """Check the grant again, start the recording, open the host's channel, attach them."""
@@ -203,6 +237,10 @@ class ClientConnection(asyncssh.SSHServer):
         )  # fmt: skip
         # The session row exists from here on, so that a session the host refuses is on record too:
         # a failure below ends the proxy, which closes the recording and the row with the reason.
+        task = self._onward_task
+        reached = task is not None and task.done() and not task.cancelled() and task.exception() is None
+        if self._onward_serial is None and task is not None and reached:  # reached while the channel opened
+            self._onward, self._onward_serial = task.result()
         onward_serial = self._onward_serial
         await asyncio.to_thread(self.broker.session_started, proxy, grant, cert, path, onward_serial, self.peer)
         proxy.begin_recording(recorder)
