@@ -56,6 +56,9 @@ def _cached_certificate(path: Path, key: PublicKey, principal: str, now: float) 
     return cert.subject == key and principal in cert.principals and cert.valid_before > now + _MIN_LEFT
 
 
+_CIPHERS = "aes128-gcm@openssh.com,aes256-gcm@openssh.com"
+
+
 def build_ssh_argv(
     settings: Settings, *, identity: Path, cert: Path, login: str, host: str, command: list[str]
 ) -> list[str]:
@@ -69,6 +72,8 @@ def build_ssh_argv(
         "-o", "ForwardAgent=no",
         "-o", "ForwardX11=no",
         "-o", "ServerAliveInterval=30",
+        # AES-GCM first (the rest of OpenSSH's defaults after it): the broker relays it fastest.
+        "-o", f"Ciphers=^{_CIPHERS}",
         "-i", str(identity),
         "-o", f"CertificateFile={cert}",
         "-p", str(settings.port),
