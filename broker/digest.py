@@ -64,21 +64,23 @@ class StreamDigest:
 
     def __init__(self) -> None:
         self._digest = hashlib.sha256()
-        self._pending: list[bytes] = []
+        self._pending: list[bytes | memoryview] = []
         self._pending_size = 0
         self._last: Future[None] | None = None
 
     def update(self, data: bytes | bytearray | memoryview) -> None:
         if not data:
             return
-        self._pending.append(data if isinstance(data, bytes) else bytes(data))
+        if not isinstance(data, bytes) and not (isinstance(data, memoryview) and isinstance(data.obj, bytes)):
+            data = bytes(data)  # a buffer its owner may change before the worker reads it: copied now
+        self._pending.append(data)
         self._pending_size += len(data)
         if self._pending_size >= BATCH:
             self._submit()
 
     def _submit(self) -> None:
         pending = self._pending
-        batch = pending[0] if len(pending) == 1 else b"".join(pending)
+        batch = pending[0] if len(pending) == 1 and isinstance(pending[0], bytes) else b"".join(pending)
         self._pending = []
         self._pending_size = 0
         if not _worker.reserve(len(batch)):  # the worker is behind: finish this digest's batches, then hash here

@@ -9,6 +9,7 @@ filexfer-02 (version 3), which OpenSSH speaks.
 
 from __future__ import annotations
 
+import contextlib
 import struct
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -28,44 +29,109 @@ FXP_STATUS, FXP_HANDLE, FXP_DATA = 101, 102, 103
 _PF_WRITE = 0x02
 
 
+class _Tally:
+    """Byte count and SHA-256 of one file's content in one direction."""
+
+    __slots__ = ("bytes", "digest")
+
+    def __init__(self) -> None:
+        self.bytes = 0
+        self.digest = StreamDigest()
+
+    def add(self, data: bytes | memoryview) -> None:
+        self.bytes += len(data)
+        self.digest.update(data)
+
+
 @dataclass
 class _File:
     path: str
     writing: bool
-    bytes_read: int = 0
-    bytes_written: int = 0
-    read_digest: StreamDigest = field(default_factory=StreamDigest)
-    write_digest: StreamDigest = field(default_factory=StreamDigest)
+    read: _Tally = field(default_factory=_Tally)
+    written: _Tally = field(default_factory=_Tally)
 
 
-class _Packets:
-    """Reassembles length-prefixed packets from a byte stream."""
+class _Stream:
+    """One direction of the SFTP stream, cut into packets as it arrives in chunks of any size.
 
-    __slots__ = ("broken", "buffer")
+    Packets are collected whole and handed to ``on_packet``, except the direction's bulk kind
+    (FXP_WRITE from the client, FXP_DATA from the server): that is collected only up to where its data
+    begins; ``on_bulk`` gets this head and returns the tally the data goes to (or None), and the data
+    is passed on in views of the incoming chunks. So a gigabyte copied is never buffered or copied
+    here, only hashed (on the digest worker). A bulk packet whose fields do not fit its length goes
+    whole to ``on_packet`` like any other, which finds it malformed.
+    """
 
-    def __init__(self) -> None:
-        self.buffer = bytearray()
+    __slots__ = ("_bulk", "_bulk_kind", "_head", "_on_bulk", "_on_packet", "_sink", "_skip", "broken")
+
+    def __init__(
+        self,
+        bulk_kind: int,
+        on_packet: Callable[[memoryview], None],
+        on_bulk: Callable[[memoryview], _Tally | None],
+    ) -> None:
+        self._bulk_kind = bulk_kind
+        self._on_packet = on_packet
+        self._on_bulk = on_bulk
+        self._head = bytearray()  # the packet (or bulk packet's head) being collected, length field included
+        self._bulk = 0  # data bytes of the current bulk packet still to pass on
+        self._sink: _Tally | None = None
+        self._skip = 0  # bytes after them, to the packet's end
         self.broken = False
 
-    def feed(self, data: bytes) -> list[memoryview]:
-        if self.broken:
-            return []
-        self.buffer += data
-        packets: list[memoryview] = []
-        view = memoryview(self.buffer)
-        pos = 0
-        while len(view) - pos >= 4:
-            (length,) = _U32.unpack_from(view, pos)
-            if length > _MAX_PACKET or length == 0:
-                self.broken = True
-                break
-            if len(view) - pos - 4 < length:
-                break
-            packets.append(view[pos + 4 : pos + 4 + length])
-            pos += 4 + length
-        # A new buffer: the packets handed out still point into the old one.
-        self.buffer = bytearray(view[pos:])
-        return packets
+    def feed(self, data: bytes) -> None:
+        if not isinstance(data, bytes):
+            data = bytes(data)  # views handed on must be of bytes that cannot change
+        view = memoryview(data)
+        pos, end = 0, len(data)
+        while pos < end and not self.broken:
+            if self._bulk:
+                take = min(self._bulk, end - pos)
+                if self._sink is not None:
+                    self._sink.add(view[pos : pos + take])
+                self._bulk -= take
+                pos += take
+            elif self._skip:
+                take = min(self._skip, end - pos)
+                self._skip -= take
+                pos += take
+            else:
+                want = self._wanted()
+                if want > len(self._head):
+                    take = min(want - len(self._head), end - pos)
+                    self._head += view[pos : pos + take]
+                    pos += take
+        if not self.broken and not self._bulk and not self._skip:
+            self._wanted()  # a packet completed by the last chunk is handled now, not with the next
+
+    def _wanted(self) -> int:
+        """The length the head must reach next; 0 once a packet (or a bulk head) was dealt with."""
+        head = self._head
+        if len(head) < 5:
+            return 5
+        length = int(_U32.unpack_from(head, 0)[0])
+        if length > _MAX_PACKET or length == 0:
+            self.broken = True  # larger is a protocol error: the observer stops (content still flows)
+            return 0
+        total = 4 + length
+        if head[4] == self._bulk_kind and total >= 13:
+            if len(head) < 13:
+                return 13  # FXP_DATA: id, data length. FXP_WRITE: id, handle length, ...
+            start = 13 if self._bulk_kind == FXP_DATA else 25 + int(_U32.unpack_from(head, 9)[0])  # ..., offset, length
+            if start <= total:
+                if len(head) < start:
+                    return start
+                (size,) = _U32.unpack_from(head, start - 4)
+                if start + size <= total:
+                    self._head = bytearray()
+                    self._sink = self._on_bulk(memoryview(head)[4:])
+                    self._bulk, self._skip = size, total - start - size
+                    return 0
+        if len(head) < total:
+            return total
+        self._head = bytearray()
+        self._on_packet(memoryview(head)[4:])
+        return 0
 
 
 def _string(packet: memoryview, pos: int) -> tuple[memoryview, int]:
@@ -86,25 +152,38 @@ class SftpObserver:
 
     def __init__(self, emit: Callable[[dict[str, Any]], None]) -> None:
         self.emit = emit
-        self._up = _Packets()
-        self._down = _Packets()
+        self._up = _Stream(FXP_WRITE, self._request_packet, self._write_head)
+        self._down = _Stream(FXP_DATA, self._reply_packet, self._data_head)
         self._opens: dict[int, tuple[str, bool]] = {}
         self._reads: dict[int, bytes] = {}
         self._files: dict[bytes, _File] = {}
 
     def client_data(self, data: bytes) -> None:
-        for packet in self._up.feed(data):
-            try:
-                self._request(packet)
-            except (ValueError, struct.error):
-                continue  # a malformed request is the server's to refuse; nothing to record of it
+        self._up.feed(data)
 
     def server_data(self, data: bytes) -> None:
-        for packet in self._down.feed(data):
-            try:
-                self._reply(packet)
-            except (ValueError, struct.error):
-                continue
+        self._down.feed(data)
+
+    def _request_packet(self, packet: memoryview) -> None:
+        with contextlib.suppress(ValueError, struct.error):  # malformed: the server's to refuse, nothing to record
+            self._request(packet)
+
+    def _reply_packet(self, packet: memoryview) -> None:
+        with contextlib.suppress(ValueError, struct.error):
+            self._reply(packet)
+
+    def _write_head(self, head: memoryview) -> _Tally | None:
+        """An FXP_WRITE up to its data (id, handle, offset, length): the file's written tally."""
+        handle, _ = _string(head, 5)
+        state = self._files.get(bytes(handle))
+        return state.written if state is not None else None
+
+    def _data_head(self, head: memoryview) -> _Tally | None:
+        """An FXP_DATA up to its data (id, length): the tally of the file the read was for."""
+        (request_id,) = _U32.unpack_from(head, 1)
+        handle_key = self._reads.pop(request_id, None)
+        state = self._files.get(handle_key) if handle_key is not None else None
+        return state.read if state is not None else None
 
     def _request(self, packet: memoryview) -> None:
         kind = packet[0]
@@ -125,8 +204,7 @@ class SftpObserver:
             data, _ = _string(packet, pos)
             state = self._files.get(bytes(handle))
             if state is not None:
-                state.bytes_written += len(data)
-                state.write_digest.update(data)
+                state.written.add(bytes(data))
         elif kind == FXP_CLOSE:
             handle, _ = _string(packet, pos)
             state = self._files.pop(bytes(handle), None)
@@ -163,21 +241,20 @@ class SftpObserver:
             state = self._files.get(handle_key) if handle_key is not None else None
             if state is not None:
                 data, _ = _string(packet, 5)
-                state.bytes_read += len(data)
-                state.read_digest.update(data)
+                state.read.add(bytes(data))
         else:
             self._opens.pop(request_id, None)
             self._reads.pop(request_id, None)
 
     def _file_done(self, state: _File) -> None:
-        if state.bytes_written or state.writing:
+        if state.written.bytes or state.writing:
             self.emit(
-                {"op": "write", "path": state.path, "bytes": state.bytes_written,
-                 "sha256": state.write_digest.hexdigest()}
+                {"op": "write", "path": state.path, "bytes": state.written.bytes,
+                 "sha256": state.written.digest.hexdigest()}
             )  # fmt: skip
-        if state.bytes_read or not state.writing:
+        if state.read.bytes or not state.writing:
             self.emit(
-                {"op": "read", "path": state.path, "bytes": state.bytes_read, "sha256": state.read_digest.hexdigest()}
+                {"op": "read", "path": state.path, "bytes": state.read.bytes, "sha256": state.read.digest.hexdigest()}
             )
 
     def close(self) -> None:
