@@ -69,8 +69,8 @@ TARGET_MEMORY_KIB = 80
 PART_NAMES = ("setup", "echo", "throughput", "pty", "memory")
 TRANSFER_NAMES = ("exec-up", "exec-down", "scp-up", "scp-down")
 THROUGHPUT_HEADER = (
-    "transfer", "direct", "ProxyJump", "broker", "broker / ProxyJump", "broker / direct", "broker CPU (of one core)",
-    "recording size",
+    "transfer", "direct", "ProxyJump", "broker", "broker / ProxyJump", "broker / direct",
+    "broker CPU (100 % = one core)", "recording size",
 )  # fmt: skip
 
 
@@ -772,15 +772,22 @@ the broker's session record (bytes moved, exit status 0). Client, broker and bot
 machine's {os.cpu_count()} cores on loopback; {r.busy_before:.1f} cores were busy with other work when the run
 began, and the broker was restarted {r.restarts} time(s) because it did not go idle after a session.
 
-Reading the figures: the broker's event loop is the bottleneck of every recorded transfer (its CPU
-column is one core nearly full). ProxyJump uploads run at {pj_up:,.0f} MiB/s against {pj_down:,.0f} MiB/s
-down through the same jump host: on loopback they stall (all three TCP connections sit idle for tens
-of milliseconds at a time while no process is busy), so the upload ratios against ProxyJump flatter
-the broker and the download ratios are the ones to watch. Direct pty output on this VM has two speeds,
-about 60 and about 145 MiB/s, each steady for a while ({pty_lo["direct"]:,.0f} to {pty_hi["direct"]:,.0f}
-MiB/s in this run; the kernel's pty work runs in kworker threads and no process is CPU-bound), the
-broker's does not ({pty_lo["broker"]:,.0f} to {pty_hi["broker"]:,.0f} MiB/s), so the pty ratio depends on
-which speed a run catches: against the faster one the broker reaches about 0.6x.
+Reading the figures: the broker's CPU column is its whole process, the event loop and the thread that
+computes SHA-256 of bulk content beside it (broker/digest.py), so it may pass 100 %. Relayed data takes
+the broker's packet fast path (broker/fastpath.py: AES-GCM, no SSH_MSG_IGNORE before every packet, no
+copies of asyncssh's input buffer); in profiles of the event loop during a download, socket sends and
+receives are the largest part, then AES-GCM and the per-packet Python. ProxyJump uploads run at
+{pj_up:,.0f} MiB/s against {pj_down:,.0f} MiB/s down through the same jump host: on loopback they stall
+(all three TCP connections sit idle for tens of milliseconds at a time while no process is busy), so
+the upload ratios against ProxyJump flatter the broker and the download ratios are the ones to watch.
+Set-up through the broker is faster than direct: OpenSSH's `ssh` and `sshd` keep Nagle's algorithm
+on until a session is interactive, and direct set-up waits for delayed ACKs; the broker ACKs each
+connection's set-up packets at once (TCP_QUICKACK, broker/tcp.py) on both of its hops, and starts its
+connection to the host as soon as the client has authenticated. Direct pty output on this VM has two
+speeds, about 60 and about 145 MiB/s, each steady for a while ({pty_lo["direct"]:,.0f} to
+{pty_hi["direct"]:,.0f} MiB/s in this run; the kernel's pty work runs in kworker threads and no process
+is CPU-bound), the broker's does not ({pty_lo["broker"]:,.0f} to {pty_hi["broker"]:,.0f} MiB/s), so the
+pty ratio depends on which speed a run catches.
 
 - Machine: {machine()}
 - Measured: {datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")}, in {elapsed:.0f} s
