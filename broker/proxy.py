@@ -158,6 +158,11 @@ class ProxySession(asyncssh.SSHServerSession[bytes]):
         self._early: list[bytes] = []
         self._early_eof = False
 
+    @property
+    def closed(self) -> bool:
+        """The session has ended (or never started); its recording, if any, is closed or being closed."""
+        return self._closed
+
     # -- the client's requests -------------------------------------------------------------------
     def connection_made(self, chan: asyncssh.SSHServerChannel[bytes]) -> None:
         self.chan = chan
@@ -250,6 +255,9 @@ class ProxySession(asyncssh.SSHServerSession[bytes]):
         self.last_activity = time.monotonic()
         if self.sftp is not None:
             self.sftp.client_data(data)
+            if self.sftp.failed is not None:
+                self.end(f"recording failed, session closed: {self.sftp.failed}")
+                return
         elif not self._record(lambda r: r.data("i", data)):
             return
         fastpath.write(self.onward_chan, data)
@@ -262,6 +270,9 @@ class ProxySession(asyncssh.SSHServerSession[bytes]):
         stream = "e" if datatype == _STDERR else "o"
         if self.sftp is not None:
             self.sftp.server_data(data)
+            if self.sftp.failed is not None:
+                self.end(f"recording failed, session closed: {self.sftp.failed}")
+                return
         elif not self._record(lambda r: r.data(stream, data)):
             return
         fastpath.write(self.chan, data, datatype)
