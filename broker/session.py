@@ -83,8 +83,6 @@ class ClientConnection(asyncssh.SSHServer):
         self._refused: set[tuple[str, bytes]] = set()
         self.session_id = new_session_id()
         self._channels = 0
-        self._onward: asyncssh.SSHClientConnection | None = None
-        self._onward_serial: int | None = None
         self._onward_task: asyncio.Task[tuple[asyncssh.SSHClientConnection, int]] | None = None
         self.live: set[ProxySession] = set()
 
@@ -178,7 +176,6 @@ class ClientConnection(asyncssh.SSHServer):
         task, self._onward_task = self._onward_task, None
         if task is not None:  # now, or when it is made (not cancelled: a connection made meanwhile would leak)
             task.add_done_callback(_close_onward)
-        self._onward = None
 
     # -- channels --------------------------------------------------------------------------------
     def _start_onward(self, grant: Grant) -> asyncio.Task[tuple[asyncssh.SSHClientConnection, int]]:
@@ -187,25 +184,28 @@ class ClientConnection(asyncssh.SSHServer):
         The host's TCP connect, key exchange and authentication (about 30 ms here, most of it sshd
         starting its per-connection process) then run beside the grant's recheck and the start of the
         recording instead of after them. No data flows on it before a session is recorded: a channel
-        opens on it only in :meth:`open_channel`, after the recheck and the recording.
+        opens on it only in :meth:`open_channel`, after the recheck and the recording. A connection
+        that failed or has since closed is replaced by a new one.
         """
-        if self._onward_task is None:
-            self._onward_task = asyncio.get_running_loop().create_task(
-                self.broker.connect_onward(grant, self.session_id)
-            )
-            self._onward_task.add_done_callback(_retrieve)
-        return self._onward_task
+        task = self._onward_task
+        if task is not None and task.done() and self._live_onward() is None:
+            task = None
+        if task is None:
+            task = asyncio.get_running_loop().create_task(self.broker.connect_onward(grant, self.session_id))
+            task.add_done_callback(_retrieve)
+            self._onward_task = task
+        return task
 
-    async def _onward_connection(self, grant: Grant) -> asyncssh.SSHClientConnection:
-        task = self._start_onward(grant)
-        try:
-            conn, self._onward_serial = await asyncio.shield(task)
-        except Exception:
-            if self._onward_task is task:
-                self._onward_task = None  # the next channel of this connection tries again
-            raise
-        self._onward = conn
-        return conn
+    def _live_onward(self) -> tuple[asyncssh.SSHClientConnection, int] | None:
+        """The onward connection and its certificate's serial, if it is made and still open."""
+        task = self._onward_task
+        if task is None or not task.done() or task.cancelled() or task.exception() is not None:
+            return None
+        conn, serial = task.result()
+        return None if conn.is_closed() else (conn, serial)
+
+    async def _onward_connection(self, grant: Grant) -> tuple[asyncssh.SSHClientConnection, int]:
+        return await asyncio.shield(self._start_onward(grant))
 
     async def open_channel(self, proxy: ProxySession) -> None:
         """Check the grant again, start the recording, open the host's channel, attach them."""
@@ -230,27 +230,18 @@ class ClientConnection(asyncssh.SSHServer):
                 "kind": proxy.kind, "pty": term is not None, "command": proxy.command, "peer": self.peer,
             },
         }  # fmt: skip
-        path = self.broker.recording_path(proxy.session_id)
-        recorder = await asyncio.to_thread(
-            Recorder.open, path, header, capture_limit=self.broker.config.capture_limit,
-            full_capture=term is not None,
-        )  # fmt: skip
-        # The session row exists from here on, so that a session the host refuses is on record too:
-        # a failure below ends the proxy, which closes the recording and the row with the reason.
-        task = self._onward_task
-        reached = task is not None and task.done() and not task.cancelled() and task.exception() is None
-        if self._onward_serial is None and task is not None and reached:  # reached while the channel opened
-            self._onward, self._onward_serial = task.result()
-        onward_serial = self._onward_serial
-        await asyncio.to_thread(self.broker.session_started, proxy, grant, cert, path, onward_serial, self.peer)
-        proxy.begin_recording(recorder)
-        if proxy.command is not None:
-            recorder.meta({"exec": proxy.command})
+        # Not cancelled halfway when the client leaves meanwhile: the file and the row it makes are then
+        # closed by channel_finished, not left open (the worker threads would finish them regardless).
+        begun = asyncio.get_running_loop().create_task(self._begin_recording(proxy, grant, cert, header))
+        begun.add_done_callback(_retrieve)
+        recorded_serial = await asyncio.shield(begun)
+        if proxy.closed:
+            return
         self.live.add(proxy)
         self.broker.register(grant.request_id, proxy)
-        onward_conn = await self._onward_connection(grant)
-        if onward_serial is None and self._onward_serial is not None:
-            await asyncio.to_thread(self.broker.session_onward, proxy.session_id, self._onward_serial)
+        onward_conn, onward_serial = await self._onward_connection(grant)
+        if onward_serial != recorded_serial:  # reached after the row was written
+            await asyncio.to_thread(self.broker.session_onward, proxy.session_id, onward_serial)
         env = allowed_env(chan.get_environment())
         options: dict[str, Any] = {"env": env, "encoding": None}
         if term is not None:
@@ -268,6 +259,35 @@ class ClientConnection(asyncssh.SSHServer):
         except (OSError, asyncssh.Error) as exc:
             raise JitSshError(f"lost the connection to host {grant.host}: {exc}") from exc
         proxy.attach()
+
+    async def _begin_recording(
+        self, proxy: ProxySession, grant: Grant, cert: Certificate, header: dict[str, Any]
+    ) -> int | None:
+        """Open the recording and the session's row, and hand the recording to the proxy.
+
+        Returns the onward certificate's serial written in the row (None if the host is not reached yet).
+        """
+        path = self.broker.recording_path(proxy.session_id)
+        recorder = await asyncio.to_thread(
+            Recorder.open, path, header, capture_limit=self.broker.config.capture_limit,
+            full_capture=proxy.term is not None,
+        )  # fmt: skip
+        # The session row exists from here on, so that a session the host refuses is on record too:
+        # a failure below ends the proxy, which closes the recording and the row with the reason.
+        live = self._live_onward()  # the host may have been reached meanwhile
+        serial = live[1] if live is not None else None
+        try:
+            await asyncio.to_thread(self.broker.session_started, proxy, grant, cert, path, serial, self.peer)
+        except BaseException:
+            recorder.abandon()  # no row, no session: a recording of nothing is not kept
+            path.unlink(missing_ok=True)
+            raise
+        proxy.begin_recording(recorder)
+        if proxy.command is not None:
+            recorder.meta({"exec": proxy.command})
+        if proxy.closed:  # the client left while this ran: close the recording and the row now
+            self.channel_finished(proxy)
+        return serial
 
     def channel_finished(self, proxy: ProxySession) -> None:
         self.live.discard(proxy)
