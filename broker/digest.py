@@ -17,10 +17,13 @@ import threading
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
-__all__ = ["BATCH", "MAX_BACKLOG", "StreamDigest"]
+__all__ = ["BATCH", "MAX_BACKLOG", "MAX_HELD", "StreamDigest"]
 
 BATCH = 1024 * 1024
 MAX_BACKLOG = 64 * 1024 * 1024
+#: Bytes all digests may hold before making batches (a session with many files open, each short of a
+#: batch, would otherwise hold up to a batch per file): past it, each update makes its batch at once.
+MAX_HELD = 64 * 1024 * 1024
 
 
 class _Worker:
@@ -29,7 +32,18 @@ class _Worker:
     def __init__(self) -> None:
         self.lock = threading.Lock()
         self.backlog = 0
+        self.held = 0
         self._executor: ThreadPoolExecutor | None = None
+
+    def hold(self, size: int) -> int:
+        """Count ``size`` bytes as held by a digest until its next batch; returns what all digests hold."""
+        with self.lock:
+            self.held += size
+            return self.held
+
+    def release(self, size: int) -> None:
+        with self.lock:
+            self.held -= size
 
     def reserve(self, size: int) -> bool:
         """Count ``size`` bytes as waiting, unless that would pass MAX_BACKLOG."""
@@ -71,16 +85,22 @@ class StreamDigest:
     def update(self, data: bytes | bytearray | memoryview) -> None:
         if not data:
             return
-        if not isinstance(data, bytes) and not (isinstance(data, memoryview) and isinstance(data.obj, bytes)):
+        if isinstance(data, memoryview):
+            # Kept as a view only of bytes (which cannot change) and when it is most of them: a small view
+            # would hold its whole chunk in memory until the batch is made.
+            if not isinstance(data.obj, bytes) or 2 * data.nbytes < len(data.obj):
+                data = bytes(data)
+        elif not isinstance(data, bytes):
             data = bytes(data)  # a buffer its owner may change before the worker reads it: copied now
         self._pending.append(data)
         self._pending_size += len(data)
-        if self._pending_size >= BATCH:
+        if self._pending_size >= BATCH or _worker.hold(len(data)) > MAX_HELD:
             self._submit()
 
     def _submit(self) -> None:
         pending = self._pending
         batch = pending[0] if len(pending) == 1 and isinstance(pending[0], bytes) else b"".join(pending)
+        _worker.release(self._pending_size)
         self._pending = []
         self._pending_size = 0
         if not _worker.reserve(len(batch)):  # the worker is behind: finish this digest's batches, then hash here
@@ -95,10 +115,11 @@ class StreamDigest:
             last.result()
 
     def hexdigest(self) -> str:
-        """The digest of everything given so far (waits for the worker; about a millisecond at most)."""
+        """The digest of everything given so far (waits for the worker, which may be busy with others' batches)."""
         self._wait()
         for chunk in self._pending:
             self._digest.update(chunk)
+        _worker.release(self._pending_size)
         self._pending = []
         self._pending_size = 0
         return self._digest.hexdigest()

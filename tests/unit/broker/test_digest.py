@@ -59,3 +59,26 @@ def test_empty_and_repeated_hexdigest() -> None:
     assert stream.hexdigest() == hashlib.sha256().hexdigest()
     stream.update(b"abc")
     assert stream.hexdigest() == stream.hexdigest() == hashlib.sha256(b"abc").hexdigest()
+
+
+def test_small_views_do_not_hold_their_chunks() -> None:
+    chunk = os.urandom(64 * 1024)
+    stream = StreamDigest()
+    before = digest_module._worker.held
+    stream.update(memoryview(chunk)[:10])  # copied: 10 bytes held, not the 64 KiB chunk
+    stream.update(memoryview(chunk)[10:])  # most of it: kept as a view
+    assert stream._pending[0].__class__ is bytes
+    assert isinstance(stream._pending[1], memoryview)
+    assert digest_module._worker.held - before == len(chunk)
+    assert stream.hexdigest() == hashlib.sha256(chunk).hexdigest()
+    assert digest_module._worker.held == before
+
+
+def test_many_digests_short_of_a_batch_stay_under_the_hold_cap(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(digest_module, "MAX_HELD", 4 * 1024 * 1024)
+    streams = [StreamDigest() for _ in range(32)]
+    pieces = [os.urandom(BATCH // 2) for _ in streams]
+    for stream, piece in zip(streams, pieces, strict=True):
+        stream.update(piece)
+        assert digest_module._worker.held <= 4 * 1024 * 1024
+    assert [s.hexdigest() for s in streams] == [hashlib.sha256(p).hexdigest() for p in pieces]
