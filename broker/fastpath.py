@@ -177,14 +177,19 @@ def write(chan: Any, data: bytes, datatype: int | None = None) -> None:
 
     For a chunk the peer's window and packet size take whole (what a relay mostly writes), on an
     AES-GCM connection in the steady state: one packet, built and encrypted into one buffer. Anything
-    else is asyncssh's own ``write``, which queues, splits and pauses.
+    else is asyncssh's own ``write``, which queues, splits and pauses. Data for a channel no longer
+    open for sending is dropped (asyncssh's ``write`` raises BrokenPipeError).
     """
+    if chan._send_state != "open":
+        # Closing (the peer's close was processed this loop iteration, the session's end is yet to
+        # run): the relay drops what no longer has a reader instead of raising into the other
+        # connection's receive loop, which would close that whole connection.
+        return
     size = len(data)
     conn = chan._conn
     if (
         not _state["installed"]
         or chan._send_buf
-        or chan._send_state != "open"
         or chan._encoding
         or not 0 < size <= min(chan._send_window, chan._send_pktsize)
         or (datatype is not None and datatype not in chan._write_datatypes)
