@@ -780,7 +780,8 @@ receives are the largest part, then AES-GCM and the per-packet Python. ProxyJump
 {pj_up:,.0f} MiB/s against {pj_down:,.0f} MiB/s down through the same jump host: on loopback they stall
 (all three TCP connections sit idle for tens of milliseconds at a time while no process is busy), so
 the upload ratios against ProxyJump flatter the broker and the download ratios are the ones to watch.
-Set-up through the broker is faster than direct: OpenSSH's `ssh` and `sshd` keep Nagle's algorithm
+Set-up through the broker {"is faster than" if setup_ratio < 1 else "compares with"} direct: OpenSSH's \
+`ssh` and `sshd` keep Nagle's algorithm
 on until a session is interactive, and direct set-up waits for delayed ACKs; the broker ACKs each
 connection's set-up packets at once (TCP_QUICKACK, broker/tcp.py) on both of its hops, and starts its
 connection to the host as soon as the client has authenticated. Direct pty output on this VM has two
