@@ -61,8 +61,8 @@ async def _pair(cipher: str, rekey_bytes: int) -> tuple[asyncssh.SSHAcceptor, as
     )  # fmt: skip
     port = server.sockets[0].getsockname()[1]
     client = await asyncssh.connect(
-        "127.0.0.1", port, known_hosts=None, username="x", encryption_algs=[cipher], rekey_bytes=rekey_bytes,
-        client_keys=None, agent_path=None, config=None,
+        "127.0.0.1", port, known_hosts=([key.convert_to_public()], [], []), username="x",
+        encryption_algs=[cipher], rekey_bytes=rekey_bytes, client_keys=None, agent_path=None, config=None,
     )  # fmt: skip
     return server, client
 
