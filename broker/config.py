@@ -42,6 +42,7 @@ _BROKER_KEYS = frozenset(
         "warn_before",
         "notify_watched",
         "idle_timeout",
+        "onward_idle",
         "log_format",
     }
 )
@@ -81,6 +82,8 @@ class BrokerConfig:
     notify_watched: bool = True
     #: A session with no byte either way for this long is closed; 0 turns it off.
     idle_timeout: timedelta = timedelta(0)
+    #: The broker's connection to a host is closed after this long without a session on it.
+    onward_idle: timedelta = timedelta(seconds=15)
     #: "text", or "json" (one JSON object a line, for log shippers).
     log_format: str = "text"
 
@@ -166,6 +169,10 @@ class BrokerConfig:
             idle = timedelta(0) if idle_text.strip() in ("0", "") else parse_duration(idle_text)
         except InputError as exc:
             raise ConfigError(f"{where}: [broker] idle_timeout: {exc}") from exc
+        try:
+            onward_idle = parse_duration(text("onward_idle", "15s"))
+        except InputError as exc:
+            raise ConfigError(f"{where}: [broker] onward_idle: {exc}") from exc
         log_format = text("log_format", "text")
         if log_format not in ("text", "json"):
             raise ConfigError(f"{where}: [broker] log_format: expected text or json, found {log_format!r}")
@@ -194,5 +201,6 @@ class BrokerConfig:
             warn_before=warn,
             notify_watched=notify,
             idle_timeout=idle,
+            onward_idle=onward_idle,
             log_format=log_format,
         )

@@ -84,6 +84,8 @@ class ClientConnection(asyncssh.SSHServer):
         self.session_id = new_session_id()
         self._channels = 0
         self._onward_task: asyncio.Task[tuple[asyncssh.SSHClientConnection, int]] | None = None
+        self._opening = 0  # channels between their request and their place in self.live
+        self._idle_timer: asyncio.TimerHandle | None = None
         self.live: set[ProxySession] = set()
 
     # -- authentication --------------------------------------------------------------------------
@@ -176,6 +178,9 @@ class ClientConnection(asyncssh.SSHServer):
         task, self._onward_task = self._onward_task, None
         if task is not None:  # now, or when it is made (not cancelled: a connection made meanwhile would leak)
             task.add_done_callback(_close_onward)
+        if self._idle_timer is not None:
+            self._idle_timer.cancel()
+            self._idle_timer = None
 
     # -- channels --------------------------------------------------------------------------------
     def _start_onward(self, grant: Grant) -> asyncio.Task[tuple[asyncssh.SSHClientConnection, int]]:
@@ -194,7 +199,31 @@ class ClientConnection(asyncssh.SSHServer):
             task = asyncio.get_running_loop().create_task(self.broker.connect_onward(grant, self.session_id))
             task.add_done_callback(_retrieve)
             self._onward_task = task
+            self._close_when_idle()
         return task
+
+    def _close_when_idle(self) -> None:
+        """Close the onward connection if no session uses it for ``onward_idle`` from now.
+
+        It was made for the client's sessions: kept without one (a client that authenticates and then
+        waits, or keeps its connection open after its sessions, as ssh's ControlPersist does), it would
+        keep a login on the host past the grant's end. The next session makes a new one.
+        """
+        if self._idle_timer is not None:
+            self._idle_timer.cancel()
+        delay = self.broker.config.onward_idle.total_seconds()
+        self._idle_timer = asyncio.get_running_loop().call_later(delay, self._close_if_idle)
+
+    def _close_if_idle(self) -> None:
+        self._idle_timer = None
+        if self.live or self._opening:
+            return
+        live = self._live_onward()
+        if live is not None:
+            log.info("closing the idle connection to host %s", self.grant.host if self.grant else "?")
+            live[0].close()
+        elif self._onward_task is not None and not self._onward_task.done():
+            self._close_when_idle()  # still connecting: look again later
 
     def _live_onward(self) -> tuple[asyncssh.SSHClientConnection, int] | None:
         """The onward connection and its certificate's serial, if it is made and still open."""
@@ -209,6 +238,15 @@ class ClientConnection(asyncssh.SSHServer):
 
     async def open_channel(self, proxy: ProxySession) -> None:
         """Check the grant again, start the recording, open the host's channel, attach them."""
+        self._opening += 1
+        try:
+            await self._open_channel(proxy)
+        finally:
+            self._opening -= 1
+            if not self.live and self._onward_task is not None:
+                self._close_when_idle()
+
+    async def _open_channel(self, proxy: ProxySession) -> None:
         grant, cert, chan = self.grant, self.cert, proxy.chan
         if grant is None or cert is None or chan is None:
             raise AccessDenied("no grant on this connection")
@@ -291,6 +329,8 @@ class ClientConnection(asyncssh.SSHServer):
 
     def channel_finished(self, proxy: ProxySession) -> None:
         self.live.discard(proxy)
+        if not self.live and self._onward_task is not None:
+            self._close_when_idle()
         grant = self.grant
         if grant is not None:
             self.broker.unregister(grant.request_id, proxy)
