@@ -17,7 +17,7 @@ import threading
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
-__all__ = ["BATCH", "MAX_BACKLOG", "MAX_HELD", "StreamDigest"]
+__all__ = ["BATCH", "MAX_BACKLOG", "MAX_HELD", "StreamDigest", "StreamTally"]
 
 BATCH = 1024 * 1024
 MAX_BACKLOG = 64 * 1024 * 1024
@@ -123,3 +123,20 @@ class StreamDigest:
         self._pending = []
         self._pending_size = 0
         return self._digest.hexdigest()
+
+
+class StreamTally:
+    """Byte count and SHA-256 of one stream: a direction of bulk exec content, or one file's over SFTP."""
+
+    __slots__ = ("bytes", "digest")
+
+    def __init__(self) -> None:
+        self.bytes = 0
+        self.digest = StreamDigest()
+
+    def add(self, data: bytes | memoryview) -> None:
+        self.bytes += len(data)
+        self.digest.update(data)
+
+    def summary(self) -> dict[str, Any]:
+        return {"bytes": self.bytes, "sha256": self.digest.hexdigest()}

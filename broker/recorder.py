@@ -20,9 +20,9 @@ from typing import Any
 from jit_ssh.ca import JitSshError
 
 from .castlog import MAGIC, encode_frame
-from .digest import StreamDigest
+from .digest import StreamDigest, StreamTally
 
-__all__ = ["DEFAULT_CAPTURE_LIMIT", "Recorder", "RecordingError", "StreamTally"]
+__all__ = ["DEFAULT_CAPTURE_LIMIT", "Recorder", "RecordingError"]
 
 DEFAULT_CAPTURE_LIMIT = 1024 * 1024
 _FLUSH_BYTES = 256 * 1024
@@ -31,23 +31,6 @@ _CODES = {"o": b"o", "e": b"e", "i": b"i"}
 
 class RecordingError(JitSshError):
     """The recording cannot be opened or written: the session must not go on."""
-
-
-class StreamTally:
-    """Byte count and SHA-256 of one direction of a bulk stream."""
-
-    __slots__ = ("bytes", "digest")
-
-    def __init__(self) -> None:
-        self.bytes = 0
-        self.digest = StreamDigest()
-
-    def add(self, data: bytes) -> None:
-        self.bytes += len(data)
-        self.digest.update(data)
-
-    def summary(self) -> dict[str, Any]:
-        return {"bytes": self.bytes, "sha256": self.digest.hexdigest()}
 
 
 class Recorder:

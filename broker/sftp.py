@@ -16,7 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from .digest import StreamDigest
+from .digest import StreamTally
 
 __all__ = ["SftpObserver"]
 
@@ -33,26 +33,12 @@ FXP_STATUS, FXP_HANDLE, FXP_DATA = 101, 102, 103
 _PF_WRITE = 0x02
 
 
-class _Tally:
-    """Byte count and SHA-256 of one file's content in one direction."""
-
-    __slots__ = ("bytes", "digest")
-
-    def __init__(self) -> None:
-        self.bytes = 0
-        self.digest = StreamDigest()
-
-    def add(self, data: bytes | memoryview) -> None:
-        self.bytes += len(data)
-        self.digest.update(data)
-
-
 @dataclass
 class _File:
     path: str
     writing: bool
-    read: _Tally = field(default_factory=_Tally)
-    written: _Tally = field(default_factory=_Tally)
+    read: StreamTally = field(default_factory=StreamTally)
+    written: StreamTally = field(default_factory=StreamTally)
 
 
 @dataclass(slots=True)
@@ -82,14 +68,14 @@ class _Stream:
         self,
         bulk_kind: int,
         on_packet: Callable[[memoryview], None],
-        on_bulk: Callable[[memoryview], _Tally | None],
+        on_bulk: Callable[[memoryview], StreamTally | None],
     ) -> None:
         self._bulk_kind = bulk_kind
         self._on_packet = on_packet
         self._on_bulk = on_bulk
         self._head = bytearray()  # the packet (or bulk packet's head) being collected, length field included
         self._bulk = 0  # data bytes of the current bulk packet still to pass on
-        self._sink: _Tally | None = None
+        self._sink: StreamTally | None = None
         self._skip = 0  # bytes after them, to the packet's end
         self.broken = False
 
@@ -227,7 +213,7 @@ class SftpObserver:
         with contextlib.suppress(ValueError, struct.error):
             self._reply(packet)
 
-    def _write_head(self, head: memoryview) -> _Tally | None:
+    def _write_head(self, head: memoryview) -> StreamTally | None:
         """An FXP_WRITE up to its data (id, handle, offset, length): the file's written tally."""
         (request_id,) = _U32.unpack_from(head, 1)
         self._expect(request_id, _Request("other"))
@@ -235,7 +221,7 @@ class SftpObserver:
         state = self._files.get(bytes(handle))
         return state.written if state is not None else None
 
-    def _data_head(self, head: memoryview) -> _Tally | None:
+    def _data_head(self, head: memoryview) -> StreamTally | None:
         """An FXP_DATA up to its data (id, length): the tally of the file the read was for."""
         (request_id,) = _U32.unpack_from(head, 1)
         request = self._answered(request_id)
@@ -311,14 +297,9 @@ class SftpObserver:
 
     def _file_done(self, state: _File) -> None:
         if state.written.bytes or state.writing:
-            self.emit(
-                {"op": "write", "path": state.path, "bytes": state.written.bytes,
-                 "sha256": state.written.digest.hexdigest()}
-            )  # fmt: skip
+            self.emit({"op": "write", "path": state.path, **state.written.summary()})
         if state.read.bytes or not state.writing:
-            self.emit(
-                {"op": "read", "path": state.path, "bytes": state.read.bytes, "sha256": state.read.digest.hexdigest()}
-            )
+            self.emit({"op": "read", "path": state.path, **state.read.summary()})
 
     def close(self) -> None:
         """Report files still open, or closed without an answer, when the session ended."""
