@@ -43,7 +43,7 @@ from asyncssh.misc import MACError, ProtocolError
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-__all__ = ["install", "installed", "mismatch", "write"]
+__all__ = ["install", "mismatch", "write"]
 
 log = logging.getLogger("jit_ssh.broker.fastpath")
 
@@ -91,10 +91,6 @@ def _fingerprint(function: Any) -> str:
     return hashlib.sha256(inspect.getsource(function).encode()).hexdigest()
 
 
-def _random_padding(length: int) -> bytes:
-    return _Padding.take(length)
-
-
 _original_send_packet = _connection.SSHConnection.send_packet
 _original_log_packet = _packet.SSHPacketLogger._log_packet
 _original_recv_pkthdr = _connection.SSHConnection._recv_pkthdr
@@ -129,20 +125,25 @@ def _steady(conn: Any) -> bool:
 
 
 def _seal(conn: Any, payload_parts: tuple[bytes, ...], payload_len: int) -> int:
-    """Pad, encrypt (AES-GCM) and send one packet; returns its sequence number."""
+    """Pad, encrypt and send one packet (AES-GCM or ChaCha20-Poly1305); returns its sequence number."""
     padlen = -(conn._send_enchdrlen + payload_len) % conn._send_blocksize
     if padlen < 4:
         padlen += conn._send_blocksize
     pktlen = 1 + payload_len + padlen
     header = pktlen.to_bytes(4, "big")
-    plain = b"".join((bytes((padlen,)), *payload_parts, _random_padding(padlen)))
-    out = bytearray(4 + pktlen + _GCM_TAG)
-    out[:4] = header
-    cipher = conn._send_encryption._cipher
-    _aead(cipher).encrypt_into(cipher._iv, plain, header, memoryview(out)[4:])
-    cipher._update_iv()
-    conn._send(out)
+    plain = b"".join((bytes((padlen,)), *payload_parts, _Padding.take(padlen)))
     seq = conn._send_seq
+    encryption = conn._send_encryption
+    if type(encryption) is GCMEncryption:  # into one buffer, with the cipher's context kept
+        out = bytearray(4 + pktlen + _GCM_TAG)
+        out[:4] = header
+        cipher = encryption._cipher
+        _aead(cipher).encrypt_into(cipher._iv, plain, header, memoryview(out)[4:])
+        cipher._update_iv()
+        conn._send(out)
+    else:  # ChaCha20-Poly1305: asyncssh's cipher code, only without the IGNORE packet before it
+        sealed, mac = encryption.encrypt_packet(seq, header, plain)
+        conn._send(sealed + mac)
     conn._send_seq = (seq + 1) & 0xFFFFFFFF
     conn._rekey_bytes_sent += pktlen
     return int(seq)
@@ -158,18 +159,7 @@ def _send_packet(self: Any, pkttype: int, *args: bytes, handler: Any = None) -> 
         _original_send_packet(self, pkttype, *args, handler=handler)
         return
     payload = bytes((pkttype,)) + b"".join(args)
-    if kind is GCMEncryption:
-        seq = _seal(self, (payload,), len(payload))
-    else:  # ChaCha20-Poly1305: asyncssh's cipher code, without the IGNORE packet before it
-        padlen = -(self._send_enchdrlen + len(payload)) % self._send_blocksize
-        if padlen < 4:
-            padlen += self._send_blocksize
-        packet = bytes((padlen,)) + payload + _random_padding(padlen)
-        seq = self._send_seq
-        sealed, mac = self._send_encryption.encrypt_packet(seq, len(packet).to_bytes(4, "big"), packet)
-        self._send(sealed + mac)
-        self._send_seq = (seq + 1) & 0xFFFFFFFF
-        self._rekey_bytes_sent += len(packet)
+    seq = _seal(self, (payload,), len(payload))
     if SSHLogger._debug_level >= 3:
         (handler or self).log_sent_packet(pkttype, seq, payload)
 
@@ -300,10 +290,6 @@ def _handover(self: Any, encryption: Any, plain: bytes, pktlen: int) -> bool:
     finally:
         if isinstance(self._recv_encryption, _Decrypted):  # unless the packet was NEWKEYS
             self._recv_encryption = encryption
-
-
-def installed() -> bool:
-    return _state["installed"]
 
 
 def _targets() -> dict[str, Any]:
