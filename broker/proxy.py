@@ -242,6 +242,20 @@ class ProxySession(asyncssh.SSHServerSession[bytes]):
             return False
         return True
 
+    def _observe(self, stream: str, data: bytes) -> bool:
+        """Record a chunk before it is relayed (SFTP: as operations); False once the session ended for it."""
+        sftp = self.sftp
+        if sftp is None:
+            return self._record(lambda r: r.data(stream, data))
+        if stream == "i":
+            sftp.client_data(data)
+        else:
+            sftp.server_data(data)
+        if sftp.failed is not None:
+            self.end(f"recording failed, session closed: {sftp.failed}")
+            return False
+        return True
+
     def data_received(self, data: bytes, datatype: asyncssh.DataType) -> None:
         if not self._attached:
             # asyncssh resumes reading when it reports the session started; hold what comes early.
@@ -253,29 +267,16 @@ class ProxySession(asyncssh.SSHServerSession[bytes]):
             return
         self.bytes_in += len(data)
         self.last_activity = time.monotonic()
-        if self.sftp is not None:
-            self.sftp.client_data(data)
-            if self.sftp.failed is not None:
-                self.end(f"recording failed, session closed: {self.sftp.failed}")
-                return
-        elif not self._record(lambda r: r.data("i", data)):
-            return
-        fastpath.write(self.onward_chan, data)
+        if self._observe("i", data):
+            fastpath.write(self.onward_chan, data)
 
     def from_host(self, data: bytes, datatype: asyncssh.DataType) -> None:
         if self.chan is None or self._closed:
             return
         self.bytes_out += len(data)
         self.last_activity = time.monotonic()
-        stream = "e" if datatype == _STDERR else "o"
-        if self.sftp is not None:
-            self.sftp.server_data(data)
-            if self.sftp.failed is not None:
-                self.end(f"recording failed, session closed: {self.sftp.failed}")
-                return
-        elif not self._record(lambda r: r.data(stream, data)):
-            return
-        fastpath.write(self.chan, data, datatype)
+        if self._observe("e" if datatype == _STDERR else "o", data):
+            fastpath.write(self.chan, data, datatype)
 
     def eof_received(self) -> bool:
         if not self._attached:
