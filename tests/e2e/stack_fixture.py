@@ -65,6 +65,21 @@ def wait_for(predicate: Callable[[], Any], *, timeout: float = 30.0, what: str =
 
 
 # -- the store ---------------------------------------------------------------------------------------
+def process_fds(pid: int) -> list[str]:
+    """What each open file descriptor of process ``pid`` points to (``socket:[...]``, paths, ...)."""
+    out = []
+    for entry in Path(f"/proc/{pid}/fd").iterdir():
+        try:
+            out.append(os.readlink(entry))
+        except OSError:
+            continue  # closed while listed
+    return out
+
+
+def open_sockets(pid: int) -> int:
+    return sum(target.startswith("socket:") for target in process_fds(pid))
+
+
 def _query(stack: LocalStack, sql: str, params: Sequence[Any] = ()) -> list[dict[str, Any]]:
     with contextlib.closing(sqlite3.connect(stack.data_dir / "jit-ssh.db", timeout=10)) as db:
         db.row_factory = sqlite3.Row

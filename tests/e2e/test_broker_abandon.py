@@ -9,7 +9,6 @@ connections) must be back to what they were.
 
 from __future__ import annotations
 
-import os
 import subprocess
 import time
 from collections.abc import Iterator
@@ -18,7 +17,7 @@ from pathlib import Path
 import pytest
 from jit_ssh.cli.stack import LocalStack
 
-from tests.e2e.stack_fixture import session_rows, ssh_argv, started_stack, wait_for
+from tests.e2e.stack_fixture import open_sockets, process_fds, session_rows, ssh_argv, started_stack, wait_for
 
 pytestmark = pytest.mark.e2e
 
@@ -31,16 +30,6 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalStack]:
         yield stack
 
 
-def _fds(pid: int) -> list[str]:
-    out = []
-    for entry in Path(f"/proc/{pid}/fd").iterdir():
-        try:
-            out.append(os.readlink(entry))
-        except OSError:
-            continue  # closed while listed
-    return out
-
-
 def test_killed_clients_leave_no_open_recording_row_or_connection(stack: LocalStack) -> None:
     request_id = stack.grant("alice", "bob")
     stack.jit("alice", "cert", str(request_id), check=True)
@@ -50,11 +39,8 @@ def test_killed_clients_leave_no_open_recording_row_or_connection(stack: LocalSt
     done = subprocess.run([*argv, "true"], stdin=subprocess.DEVNULL, capture_output=True, timeout=30, check=False)
     assert done.returncode == 0, done.stderr  # the path works, so the kills below land mid-set-up
 
-    def settled_sockets() -> int:
-        return sum(1 for target in _fds(pid) if target.startswith("socket:"))
-
     time.sleep(1)
-    sockets_before = settled_sockets()
+    sockets_before = open_sockets(pid)
     since = time.time() - 0.01
     for attempt in range(ATTEMPTS):
         client = subprocess.Popen(
@@ -65,14 +51,14 @@ def test_killed_clients_leave_no_open_recording_row_or_connection(stack: LocalSt
         client.wait()
 
     def no_recording_open() -> bool:
-        return not [t for t in _fds(pid) if t.endswith(".jsr")]
+        return not [t for t in process_fds(pid) if t.endswith(".jsr")]
 
     wait_for(no_recording_open, timeout=30, what="the broker to close every recording")
     rows = session_rows(stack, since=since)
     assert rows, "some attempts got as far as a session"
     wait_for(lambda: all(r["ended_at"] is not None for r in session_rows(stack, since=since)), timeout=30,
              what="every session row to be ended")  # fmt: skip
-    wait_for(lambda: settled_sockets() <= sockets_before, timeout=30, what="the broker's sockets to be closed")
+    wait_for(lambda: open_sockets(pid) <= sockets_before, timeout=30, what="the broker's sockets to be closed")
     for row in session_rows(stack, since=since):
         path = Path(row["recording_path"])
         assert path.exists(), f"session {row['id']} has a row but no recording"

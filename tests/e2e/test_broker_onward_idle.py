@@ -7,7 +7,6 @@ session on the same client connection gets a new onward connection, with a new c
 
 from __future__ import annotations
 
-import os
 import subprocess
 import time
 from collections.abc import Iterator
@@ -16,7 +15,7 @@ from pathlib import Path
 import pytest
 from jit_ssh.cli.stack import LocalStack
 
-from tests.e2e.stack_fixture import run_ssh, session_rows, ssh_argv, started_stack, wait_for
+from tests.e2e.stack_fixture import open_sockets, run_ssh, session_rows, ssh_argv, started_stack, wait_for
 
 pytestmark = pytest.mark.e2e
 
@@ -27,37 +26,27 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalStack]:
         yield stack
 
 
-def _sockets(pid: int) -> int:
-    count = 0
-    for entry in Path(f"/proc/{pid}/fd").iterdir():
-        try:
-            count += os.readlink(entry).startswith("socket:")
-        except OSError:
-            continue
-    return count
-
-
 def test_a_client_without_sessions_does_not_keep_a_host_login(stack: LocalStack) -> None:
     request_id = stack.grant("alice", "bob")
     stack.jit("alice", "cert", str(request_id), check=True)
     assert stack.broker is not None
     pid = stack.broker.pid
     time.sleep(0.5)
-    before = _sockets(pid)
+    before = open_sockets(pid)
     client = subprocess.Popen(
         [*ssh_argv(stack, "alice", request_id), "-N"],
         stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )  # fmt: skip
     try:
         # authenticated: the client's connection and the onward one (made at authentication) ...
-        wait_for(lambda: _sockets(pid) == before + 2, timeout=20, what="the onward connection")
+        wait_for(lambda: open_sockets(pid) == before + 2, timeout=20, what="the onward connection")
         # ... and a second later, with no session on it, only the client's
-        wait_for(lambda: _sockets(pid) == before + 1, timeout=20, what="the idle onward connection to close")
+        wait_for(lambda: open_sockets(pid) == before + 1, timeout=20, what="the idle onward connection to close")
         assert client.poll() is None, "the client's own connection stays"
     finally:
         client.kill()
         client.wait()
-    wait_for(lambda: _sockets(pid) == before, timeout=20, what="the client's connection to close")
+    wait_for(lambda: open_sockets(pid) == before, timeout=20, what="the client's connection to close")
 
 
 def test_a_control_master_gets_a_new_onward_connection_after_the_idle_close(stack: LocalStack, tmp_path: Path) -> None:
