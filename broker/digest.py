@@ -97,12 +97,17 @@ class StreamDigest:
         if self._pending_size >= BATCH or _worker.hold(len(data)) > MAX_HELD:
             self._submit()
 
-    def _submit(self) -> None:
+    def _take(self) -> list[bytes | memoryview]:
+        """The chunks not yet in a batch, no longer counted as held."""
         pending = self._pending
-        batch = pending[0] if len(pending) == 1 and isinstance(pending[0], bytes) else b"".join(pending)
         _worker.release(self._pending_size)
         self._pending = []
         self._pending_size = 0
+        return pending
+
+    def _submit(self) -> None:
+        pending = self._take()
+        batch = pending[0] if len(pending) == 1 and isinstance(pending[0], bytes) else b"".join(pending)
         if not _worker.reserve(len(batch)):  # the worker is behind: finish this digest's batches, then hash here
             self._wait()
             self._digest.update(batch)
@@ -117,11 +122,8 @@ class StreamDigest:
     def hexdigest(self) -> str:
         """The digest of everything given so far (waits for the worker, which may be busy with others' batches)."""
         self._wait()
-        for chunk in self._pending:
+        for chunk in self._take():
             self._digest.update(chunk)
-        _worker.release(self._pending_size)
-        self._pending = []
-        self._pending_size = 0
         return self._digest.hexdigest()
 
 

@@ -117,7 +117,7 @@ class Recorder:
                 written = os.write(self._fd, view)
                 # Count as it lands: after a short write and a failure (disk full), the size and digest
                 # still describe exactly the bytes on disk.
-                self._digest.update(blob if written == len(blob) else view[:written])
+                self._digest.update(view[:written])
                 self.size += written
                 view = view[written:]
         except OSError as exc:
