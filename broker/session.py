@@ -209,6 +209,8 @@ class ClientConnection(asyncssh.SSHServer):
         waits, or keeps its connection open after its sessions, as ssh's ControlPersist does), it would
         keep a login on the host past the grant's end. The next session makes a new one.
         """
+        if self.live or self._onward_task is None:
+            return  # armed again when the last session ends
         if self._idle_timer is not None:
             self._idle_timer.cancel()
         delay = self.broker.config.onward_idle.total_seconds()
@@ -243,8 +245,7 @@ class ClientConnection(asyncssh.SSHServer):
             await self._open_channel(proxy)
         finally:
             self._opening -= 1
-            if not self.live and self._onward_task is not None:
-                self._close_when_idle()
+            self._close_when_idle()
 
     async def _open_channel(self, proxy: ProxySession) -> None:
         grant, cert, chan = self.grant, self.cert, proxy.chan
@@ -329,8 +330,7 @@ class ClientConnection(asyncssh.SSHServer):
 
     def channel_finished(self, proxy: ProxySession) -> None:
         self.live.discard(proxy)
-        if not self.live and self._onward_task is not None:
-            self._close_when_idle()
+        self._close_when_idle()
         grant = self.grant
         if grant is not None:
             self.broker.unregister(grant.request_id, proxy)
