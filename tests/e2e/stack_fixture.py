@@ -65,6 +65,13 @@ def wait_for(predicate: Callable[[], Any], *, timeout: float = 30.0, what: str =
 
 
 # -- the store ---------------------------------------------------------------------------------------
+def granted(stack: LocalStack, requester: str = "alice", approver: str = "bob") -> int:
+    """A request by ``requester`` approved by ``approver``, its certificate fetched into the requester's cache."""
+    request_id = stack.grant(requester, approver)
+    stack.jit(requester, "cert", str(request_id), check=True)
+    return request_id
+
+
 def process_fds(pid: int) -> list[str]:
     """What each open file descriptor of process ``pid`` points to (``socket:[...]``, paths, ...)."""
     out = []

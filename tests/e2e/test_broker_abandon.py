@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 from jit_ssh.cli.stack import LocalStack
 
-from tests.e2e.stack_fixture import open_sockets, process_fds, session_rows, ssh_argv, started_stack, wait_for
+from tests.e2e.stack_fixture import granted, open_sockets, process_fds, session_rows, ssh_argv, started_stack, wait_for
 
 pytestmark = pytest.mark.e2e
 
@@ -31,8 +31,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalStack]:
 
 
 def test_killed_clients_leave_no_open_recording_row_or_connection(stack: LocalStack) -> None:
-    request_id = stack.grant("alice", "bob")
-    stack.jit("alice", "cert", str(request_id), check=True)
+    request_id = granted(stack)
     assert stack.broker is not None
     pid = stack.broker.pid
     argv = ssh_argv(stack, "alice", request_id)

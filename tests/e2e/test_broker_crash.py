@@ -13,6 +13,7 @@ import pytest
 from tests.e2e.stack_fixture import (
     PtyClient,
     ended_session,
+    granted,
     metadata,
     recording_frames,
     run_ssh,
@@ -30,8 +31,7 @@ FLUSH_WAIT = 2.5  # seconds: more than the broker's flush period (at most one se
 
 def test_kill_9_mid_session_leaves_a_readable_recording(tmp_path: Path) -> None:
     with started_stack(tmp_path / "site") as stack:
-        request_id = stack.grant("alice", "bob")
-        stack.jit("alice", "cert", str(request_id), check=True)
+        request_id = granted(stack)
         since = time.time() - 0.01
         with PtyClient(ssh_argv(stack, "alice", request_id, extra=["-tt"])) as client:
             client.send("echo before-kill-$((40+2))\r")

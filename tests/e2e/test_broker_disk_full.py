@@ -17,6 +17,7 @@ from jit_ssh.cli.stack import LocalStack
 
 from tests.e2e.stack_fixture import (
     PtyClient,
+    granted,
     metadata,
     recording_frames,
     run_ssh,
@@ -55,9 +56,7 @@ def stack(recordings: Path) -> Iterator[LocalStack]:
 
 @pytest.fixture(scope="module")
 def grant(stack: LocalStack) -> int:
-    request_id = stack.grant("alice", "bob")
-    stack.jit("alice", "cert", str(request_id), check=True)
-    return request_id
+    return granted(stack)
 
 
 def _fill(path: Path) -> None:

@@ -19,6 +19,7 @@ from tests.e2e.stack_fixture import (
     audit_events,
     cached_certificate,
     ended_session,
+    granted,
     last_audit_seq,
     metadata,
     read_certificate,
@@ -52,8 +53,7 @@ def _shell(stack: LocalStack, request_id: int) -> PtyClient:
 
 
 def test_revocation_cuts_a_live_session_off(stack: LocalStack) -> None:
-    request_id = stack.grant("alice", "bob")
-    stack.jit("alice", "cert", str(request_id), check=True)
+    request_id = granted(stack)
     since = time.time() - 0.01
     with _shell(stack, request_id) as client:
         mark = len(client.output)

@@ -21,7 +21,7 @@ import pytest
 from jit_ssh.broker import fastpath
 from jit_ssh.cli.stack import LocalStack
 
-from tests.e2e.stack_fixture import ended_session, metadata, recording_frames, run_ssh, ssh_argv, started_stack
+from tests.e2e.stack_fixture import ended_session, granted, metadata, recording_frames, run_ssh, ssh_argv, started_stack
 
 pytestmark = pytest.mark.e2e
 
@@ -45,8 +45,7 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
     source = work / "source.bin"
     source.write_bytes(data)
     with started_stack(work / "site", sshd_config=["RekeyLimit 1M"]) as stack:
-        request_id = stack.grant("alice", "bob")
-        stack.jit("alice", "cert", str(request_id), check=True)
+        request_id = granted(stack)
         yield Site(stack, request_id, source, data, hashlib.sha256(data).hexdigest())
 
 

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 from jit_ssh.cli.stack import LocalStack
 
-from tests.e2e.stack_fixture import open_sockets, run_ssh, session_rows, ssh_argv, started_stack, wait_for
+from tests.e2e.stack_fixture import granted, open_sockets, run_ssh, session_rows, ssh_argv, started_stack, wait_for
 
 pytestmark = pytest.mark.e2e
 
@@ -27,8 +27,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalStack]:
 
 
 def test_a_client_without_sessions_does_not_keep_a_host_login(stack: LocalStack) -> None:
-    request_id = stack.grant("alice", "bob")
-    stack.jit("alice", "cert", str(request_id), check=True)
+    request_id = granted(stack)
     assert stack.broker is not None
     pid = stack.broker.pid
     time.sleep(0.5)
@@ -50,8 +49,7 @@ def test_a_client_without_sessions_does_not_keep_a_host_login(stack: LocalStack)
 
 
 def test_a_control_master_gets_a_new_onward_connection_after_the_idle_close(stack: LocalStack, tmp_path: Path) -> None:
-    request_id = stack.grant("alice", "bob")
-    stack.jit("alice", "cert", str(request_id), check=True)
+    request_id = granted(stack)
     control = tmp_path / "ctl"
     base = ssh_argv(stack, "alice", request_id)
     master = subprocess.Popen(

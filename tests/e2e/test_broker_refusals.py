@@ -24,6 +24,7 @@ from tests.e2e.stack_fixture import (
     audit_events,
     cached_certificate,
     forge_certificate,
+    granted,
     last_audit_seq,
     read_certificate,
     run_ssh,
@@ -63,8 +64,7 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
     with started_stack(work / "site", hosts=(WEB, DB), policy=policy, sshd_config=["MaxSessions 1"]) as stack:
         short_id = stack.grant("alice", "bob", duration=f"{SHORT}s")
         stack.jit("alice", "cert", str(short_id), check=True)
-        request_id = stack.grant("alice", "bob")
-        stack.jit("alice", "cert", str(request_id), check=True)
+        request_id = granted(stack)
         yield Site(stack, request_id, short_id, work)
 
 

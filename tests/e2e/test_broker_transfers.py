@@ -19,6 +19,7 @@ from jit_ssh.cli.stack import LocalStack
 from tests.e2e.stack_fixture import (
     cached_certificate,
     ended_session,
+    granted,
     metadata,
     recording_frames,
     ssh_options,
@@ -69,8 +70,7 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
             digest.update(chunk)
             handle.write(chunk)
     with started_stack(work / "site") as stack:
-        request_id = stack.grant("alice", "bob")
-        stack.jit("alice", "cert", str(request_id), check=True)
+        request_id = granted(stack)
         yield Site(stack, request_id, source, digest.hexdigest(), work)
 
 

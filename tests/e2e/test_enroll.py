@@ -34,7 +34,15 @@ from jit_ssh.cli.openssh import find_sshd, free_port, ssh_base_options
 from jit_ssh.cli.settings import Settings
 from jit_ssh.cli.stack import LocalStack
 
-from tests.e2e.stack_fixture import ended_session, forge_certificate, run_ssh, ssh_argv, started_stack, wait_for
+from tests.e2e.stack_fixture import (
+    ended_session,
+    forge_certificate,
+    granted,
+    run_ssh,
+    ssh_argv,
+    started_stack,
+    wait_for,
+)
 
 pytestmark = pytest.mark.e2e
 
@@ -533,8 +541,7 @@ def test_a_client_without_the_host_ca_fails_fast_and_never_asks(stack: LocalStac
     assert cli("status", env=stack.user_env("alice")).returncode == 0
 
     # The OpenSSH command line jit-ssh HOST execs: refused at once on a terminal, no question asked ...
-    request_id = stack.grant("alice", "bob")
-    stack.jit("alice", "cert", str(request_id), check=True)
+    request_id = granted(stack)
     cert = stack.root / "users" / "alice" / "cache" / "jit-ssh" / f"request-{request_id}-cert.pub"
     user_settings = Settings(
         bastion="127.0.0.1", port=stack.port, user="alice", identity=stack.identity("alice"), known_hosts=wrong,

@@ -31,6 +31,7 @@ from tests.e2e.stack_fixture import (
     PtyClient,
     asciicast,
     ended_session,
+    granted,
     run_ssh,
     session_rows,
     ssh_argv,
@@ -53,9 +54,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalStack]:
 
 @pytest.fixture(scope="module")
 def grant(stack: LocalStack) -> int:
-    request_id = stack.grant("alice", "bob")
-    stack.jit("alice", "cert", str(request_id), check=True)
-    return request_id
+    return granted(stack)
 
 
 def _now() -> float:
