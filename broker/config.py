@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import re
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -44,8 +45,14 @@ _BROKER_KEYS = frozenset(
         "idle_timeout",
         "onward_idle",
         "log_format",
+        "env_allow",
     }
 )
+
+
+_ENV_NAME = re.compile(r"[A-Z_][A-Z0-9_]{0,63}")
+#: Variables that change how the host's shell or loader starts: never passed on, whatever the config says.
+_NEVER_ENV = frozenset({"BASH_ENV", "ENV", "LD_PRELOAD", "LD_LIBRARY_PATH", "PATH", "SHELLOPTS", "PS4", "IFS"})
 
 
 def _split_listen(value: str, where: str) -> tuple[str, int]:
@@ -86,6 +93,8 @@ class BrokerConfig:
     onward_idle: timedelta = timedelta(seconds=15)
     #: "text", or "json" (one JSON object a line, for log shippers).
     log_format: str = "text"
+    #: Environment variables passed on to hosts besides the locale's (recorded with their values).
+    env_allow: frozenset[str] = frozenset()
 
     @property
     def store_url(self) -> str:
@@ -179,6 +188,14 @@ class BrokerConfig:
         notify = table.get("notify_watched", True)
         if not isinstance(notify, bool):
             raise ConfigError(f"{where}: [broker] notify_watched: expected true or false")
+        env_allow = table.get("env_allow", [])
+        if not isinstance(env_allow, list) or not all(
+            isinstance(n, str) and _ENV_NAME.fullmatch(n) and n not in _NEVER_ENV for n in env_allow
+        ):
+            raise ConfigError(
+                f'{where}: [broker] env_allow: expected a list of variable names such as "GIT_PROTOCOL" '
+                f"(not {', '.join(sorted(_NEVER_ENV))})"
+            )
         level = text("log_level", "INFO").upper()
         if level not in ("DEBUG", "INFO", "WARNING", "ERROR"):
             raise ConfigError(f"{where}: [broker] log_level: expected DEBUG, INFO, WARNING or ERROR, found {level!r}")
@@ -203,4 +220,5 @@ class BrokerConfig:
             idle_timeout=idle,
             onward_idle=onward_idle,
             log_format=log_format,
+            env_allow=frozenset(env_allow),
         )

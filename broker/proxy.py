@@ -29,28 +29,36 @@ from .sftp import SftpObserver
 if TYPE_CHECKING:
     from .session import ClientConnection
 
-__all__ = ["ENV_ALLOWED", "Onward", "ProxySession", "allowed_env"]
+__all__ = ["LOCALE_ENV", "Onward", "ProxySession", "allowed_env"]
 
 log = logging.getLogger("jit_ssh.broker.proxy")
 
-#: Environment variables passed on to the host (sshd's AcceptEnv on Debian takes the same).
-ENV_ALLOWED = ("LANG", "LANGUAGE", "LC_")
+#: Environment variables passed on to the host, by exact name: the locale (sshd's AcceptEnv on Debian
+#: takes ``LANG LC_*``); more with ``env_allow`` in broker.toml (git's protocol v2 needs GIT_PROTOCOL).
+LOCALE_ENV = frozenset(
+    {
+        "LANG", "LANGUAGE", "LC_ALL", "LC_CTYPE", "LC_NUMERIC", "LC_TIME", "LC_COLLATE", "LC_MONETARY",
+        "LC_MESSAGES", "LC_PAPER", "LC_NAME", "LC_ADDRESS", "LC_TELEPHONE", "LC_MEASUREMENT", "LC_IDENTIFICATION",
+    }
+)  # fmt: skip
 _MAX_ENV = 32
 _MAX_ENV_VALUE = 1024
 _MAX_DIMENSION = 10_000
 _STDERR = asyncssh.EXTENDED_DATA_STDERR
 
 
-def allowed_env(env: Mapping[Any, Any]) -> dict[str, str]:
+def allowed_env(env: Mapping[Any, Any], extra: frozenset[str] = frozenset()) -> tuple[dict[str, str], list[str]]:
+    """The variables passed on to the host (every one is recorded with its value), and the names refused."""
     out: dict[str, str] = {}
+    refused: list[str] = []
     for key, value in env.items():
         name = key.decode("ascii", "replace") if isinstance(key, bytes) else str(key)
         text = value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
-        if name.startswith(ENV_ALLOWED) and name.replace("_", "").isalnum() and len(text) <= _MAX_ENV_VALUE:
+        if (name in LOCALE_ENV or name in extra) and len(text) <= _MAX_ENV_VALUE and len(out) < _MAX_ENV:
             out[name] = text
-        if len(out) >= _MAX_ENV:
-            break
-    return out
+        elif len(refused) < _MAX_ENV:
+            refused.append(name[:64])
+    return out, refused
 
 
 class _BatchedTransport:
@@ -152,7 +160,11 @@ class ProxySession(asyncssh.SSHServerSession[bytes]):
         self.warned = False
         self.ending: str | None = None
         self._closed = False
-        self._paused_client = 0
+        #: Why reading pauses: the host is slow (a count: each hop's channel may ask), the client is slow,
+        #: the recording's writer is behind; data came before the host's channel was open.
+        self._host_slow = 0
+        self._client_slow = False
+        self._backlog = False
         self._task: asyncio.Task[None] | None = None
         self._attached = False
         self._early: list[bytes] = []
@@ -213,8 +225,18 @@ class ProxySession(asyncssh.SSHServerSession[bytes]):
     def begin_recording(self, recorder: Recorder) -> None:
         """Set before the host's channel opens, so that nothing the host sends goes unrecorded."""
         self.recorder = recorder
+        recorder.watch(on_failure=self._recording_failed, on_backlog=self._recording_backlog)
         if self.kind == "sftp":
             self.sftp = SftpObserver(self._sftp_op)
+
+    def _recording_failed(self, exc: RecordingError) -> None:
+        if self.ending is None:
+            self.end(f"recording failed, session closed: {exc.message}")
+
+    def _recording_backlog(self, behind: bool) -> None:
+        """The writer is behind on this recording (a flood of input or output): stop reading until it is not."""
+        self._backlog = behind
+        self._sync_reading()
 
     def attach(self) -> None:
         """The host's channel is open and its request sent: let the client's data flow."""
@@ -224,8 +246,7 @@ class ProxySession(asyncssh.SSHServerSession[bytes]):
             self.data_received(data, None)
         if self._early_eof:
             self.eof_received()
-        if self.chan is not None and not self._closed:
-            self.chan.resume_reading()
+        self._sync_reading()
 
     def _sftp_op(self, op: dict[str, Any]) -> None:
         self._record(lambda r: r.meta({"sftp": op}))
@@ -312,22 +333,35 @@ class ProxySession(asyncssh.SSHServerSession[bytes]):
 
     # -- flow control ----------------------------------------------------------------------------
     def pause_writing(self) -> None:  # the client is slow: stop reading the host
-        if self.onward_chan is not None:
-            self.onward_chan.pause_reading()
+        self._client_slow = True
+        self._sync_reading()
 
     def resume_writing(self) -> None:
-        if self.onward_chan is not None:
-            self.onward_chan.resume_reading()
+        self._client_slow = False
+        self._sync_reading()
 
     def pause_client(self) -> None:  # the host is slow: stop reading the client
-        self._paused_client += 1
-        if self.chan is not None and self._paused_client == 1:
-            self.chan.pause_reading()
+        self._host_slow += 1
+        self._sync_reading()
 
     def resume_client(self) -> None:
-        self._paused_client = max(0, self._paused_client - 1)
-        if self.chan is not None and self._paused_client == 0:
-            self.chan.resume_reading()
+        self._host_slow = max(0, self._host_slow - 1)
+        self._sync_reading()
+
+    def _sync_reading(self) -> None:
+        """Read from each side unless a reason to pause holds (asyncssh's pause/resume do not count)."""
+        if self._closed:
+            return
+        if self.chan is not None and self._attached:
+            if self._host_slow or self._backlog:
+                self.chan.pause_reading()
+            else:
+                self.chan.resume_reading()
+        if self.onward_chan is not None:
+            if self._client_slow or self._backlog:
+                self.onward_chan.pause_reading()
+            else:
+                self.onward_chan.resume_reading()
 
     def flush(self) -> None:
         """Push buffered recording to disk (the broker calls this at least once a second)."""

@@ -1,55 +1,54 @@
 """Session recordings: one file per session channel (DESIGN.md, "Recording"; format in castlog.py).
 
-Terminal sessions are recorded byte for byte. Bulk content (exec without a terminal, SFTP) is captured
-up to a cap per direction and beyond it only counted and hashed (SHA-256), so a 10 GB copy does not
-make a 10 GB recording. Writes are buffered and reach the file at least once a second (the broker
-calls :meth:`Recorder.flush`); any write error raises :class:`RecordingError`, after which the broker
-ends the session: a session is never left unrecorded.
+Everything that can reach an interpreter on the host is recorded in full (invariant 5): terminal
+sessions both ways, and the input of every shell and exec without a terminal, however large (a script
+fed to ``ssh -T host``, or to ``bash``, is input like any other). Only what cannot: the output of a
+session without a terminal, and the content of recognised file transfers (broker/transfers.py), may be
+*capped*: kept up to a limit per direction and beyond it only counted and hashed (SHA-256), so a 10 GB
+copy does not make a 10 GB recording. Frames are buffered here and written by the writer thread
+(broker/writer.py, compressed) when the buffer fills and at least once a second (the broker calls
+:meth:`Recorder.flush`); a write error ends the session: a session is never left unrecorded.
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
-import os
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from concurrent.futures import Future
 from pathlib import Path
 from typing import Any
 
-from jit_ssh.ca import JitSshError
+from .castlog import MAX_FRAME, encode_frame, encode_header
+from .digest import StreamTally
+from .writer import RecordingError, RecordingFile
 
-from .castlog import MAGIC, encode_frame
-from .digest import StreamDigest, StreamTally
-
-__all__ = ["DEFAULT_CAPTURE_LIMIT", "Recorder", "RecordingError"]
+__all__ = ["DEFAULT_CAPTURE_LIMIT", "FULL", "Recorder", "RecordingError"]
 
 DEFAULT_CAPTURE_LIMIT = 1024 * 1024
+#: A stream recorded in full (no cap).
+FULL = None
 _FLUSH_BYTES = 256 * 1024
 _CODES = {"o": b"o", "e": b"e", "i": b"i"}
-
-
-class RecordingError(JitSshError):
-    """The recording cannot be opened or written: the session must not go on."""
+#: Values kept in the header at most this long; the whole value is in a metadata frame beside it.
+_HEADER_VALUE = 1024
 
 
 class Recorder:
-    """Writes one channel's recording. Create with :meth:`open`; every method may raise RecordingError."""
+    """Writes one channel's recording. Create with :meth:`open`; every method may raise RecordingError.
 
-    def __init__(self, path: Path, fd: int, start: float, *, capture_limit: int, full_capture: bool) -> None:
-        self.path = path
-        self._fd = fd
+    ``limits`` maps each stream (``o``, ``e``, ``i``) to the bytes of content kept, or :data:`FULL`.
+    """
+
+    def __init__(self, file: RecordingFile, start: float, limits: Mapping[str, int | None]) -> None:
+        self.file = file
+        self.path = file.path
         self._start = start
         self._buffer = bytearray()
-        self._digest = StreamDigest()
-        self.size = 0
-        self.capture_limit = capture_limit
-        #: With a terminal every byte is recorded; without one, content is capped (bulk).
-        self.full_capture = full_capture
+        self.limits = dict(limits)
         self._captured = {"o": 0, "e": 0, "i": 0}
         self.tallies = {"o": StreamTally(), "e": StreamTally(), "i": StreamTally()}
         self.closed = False
-        self.failed: RecordingError | None = None
 
     @classmethod
     def open(
@@ -57,40 +56,68 @@ class Recorder:
         path: Path,
         header: Mapping[str, Any],
         *,
-        capture_limit: int = DEFAULT_CAPTURE_LIMIT,
-        full_capture: bool = True,
+        limits: Mapping[str, int | None] | None = None,
     ) -> Recorder:
-        """Create the file (never over an existing one) and write its header to disk."""
-        try:
-            path.parent.mkdir(parents=True, exist_ok=True, mode=0o750)
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND | os.O_CLOEXEC, 0o640)
-        except OSError as exc:
-            raise RecordingError(f"cannot open the session recording {path}: {exc.strerror}") from exc
-        start = float(header.get("timestamp", time.time()))
-        recorder = cls(path, fd, start, capture_limit=capture_limit, full_capture=full_capture)
-        recorder._buffer += MAGIC + json.dumps(dict(header), ensure_ascii=False).encode() + b"\n"
-        try:
-            recorder.flush()  # the header is on disk before the session may start
-        except RecordingError:
-            recorder.abandon()
-            path.unlink(missing_ok=True)  # a header cut short is no recording; no session ran
-            raise
-        return recorder
+        """Create the file (never over an existing one) with its header on disk before the session starts."""
+        head = dict(header)
+        details = dict(head.get("jit_ssh") or {})
+        long_values = {k: v for k, v in details.items() if isinstance(v, str) and len(v) > _HEADER_VALUE}
+        for key, value in long_values.items():  # kept whole in a frame below: a header stays small
+            details[key] = value[:_HEADER_VALUE] + f"...[{len(value)} characters; whole in the first frames]"
+        if details:
+            head["jit_ssh"] = details
+        start = float(details.get("started") or head.get("timestamp") or time.time())
+        first = bytearray(encode_header(head))
+        for key, value in long_values.items():
+            first += encode_frame(b"x", 0.0, json.dumps({"header": {key: value}}, ensure_ascii=False).encode())
+        return cls(RecordingFile.create(path, bytes(first)), start, limits or {"o": FULL, "e": FULL, "i": FULL})
+
+    @property
+    def size(self) -> int:
+        return self.file.size
+
+    @property
+    def failed(self) -> RecordingError | None:
+        return self.file.failed
+
+    def watch(
+        self, *, on_failure: Callable[[RecordingError], None] | None, on_backlog: Callable[[bool], None] | None
+    ) -> None:
+        """Be told (on the event loop) when a write failed, and when to pause and resume reading."""
+        self.file.on_failure = on_failure
+        self.file.on_backlog = on_backlog
+
+    def capped(self) -> bool:
+        return any(limit is not FULL for limit in self.limits.values())
+
+    def uncap(self, stream: str, why: str) -> None:
+        """Record ``stream`` in full from now on (its transfer protocol could not be followed)."""
+        if self.limits[stream] is not FULL:
+            self.limits[stream] = FULL
+            self.meta({"uncapped": stream, "after_bytes": self.tallies[stream].bytes, "why": why})
 
     # -- events ----------------------------------------------------------------------------------
     def data(self, stream: str, data: bytes) -> None:
         """Record bytes of ``stream``: ``o`` (stdout), ``e`` (stderr) or ``i`` (input)."""
-        if self.failed is not None:
-            raise self.failed
-        if not self.full_capture:
+        if self.file.failed is not None:
+            raise self.file.failed
+        limit = self.limits[stream]
+        if limit is not FULL:
             self.tallies[stream].add(data)
-            room = self.capture_limit - self._captured[stream]
+            room = limit - self._captured[stream]
             if room <= 0:
                 return
             if len(data) > room:
                 data = data[:room]
             self._captured[stream] += len(data)
-        self._buffer += encode_frame(_CODES[stream], time.time() - self._start, data)
+        moment = time.time() - self._start
+        code = _CODES[stream]
+        if len(data) <= MAX_FRAME:
+            self._buffer += encode_frame(code, moment, data)
+        else:
+            view = memoryview(data)
+            for offset in range(0, len(view), MAX_FRAME):
+                self._buffer += encode_frame(code, moment, view[offset : offset + MAX_FRAME])
         if len(self._buffer) >= _FLUSH_BYTES:
             self.flush()
 
@@ -101,50 +128,45 @@ class Recorder:
         self._frame(b"x", json.dumps(dict(payload), ensure_ascii=False, default=str).encode())
 
     def _frame(self, code: bytes, payload: bytes) -> None:
-        if self.failed is not None:
-            raise self.failed
+        if self.file.failed is not None:
+            raise self.file.failed
         self._buffer += encode_frame(code, time.time() - self._start, payload)
 
     # -- life ------------------------------------------------------------------------------------
     def flush(self) -> None:
+        """Hand what is buffered to the writer thread."""
         if not self._buffer or self.closed:
             return
-        blob = bytes(self._buffer)
-        self._buffer.clear()
-        view = memoryview(blob)
-        try:
-            while view:
-                written = os.write(self._fd, view)
-                # Count as it lands: after a short write and a failure (disk full), the size and digest
-                # still describe exactly the bytes on disk.
-                self._digest.update(view[:written])
-                self.size += written
-                view = view[written:]
-        except OSError as exc:
-            self.failed = RecordingError(f"cannot write the session recording {self.path}: {exc.strerror}")
-            raise self.failed from exc
+        blob, self._buffer = self._buffer, bytearray()
+        self.file.write(blob)
+
+    def finish(self, summary: Mapping[str, Any] | None = None) -> Future[tuple[int, str]]:
+        """Write the closing metadata and close; the future gives (size, sha256) of the file on disk."""
+        if self.closed:
+            return self.file.close()  # an error future: closed twice
+        self.closed = True
+        last = bytearray()
+        if self.file.failed is None:
+            end: dict[str, Any] = dict(summary or {})
+            capped = {k: v for k, v in self.limits.items() if v is not FULL}
+            streams = {k: v.summary() for k, v in self.tallies.items() if v.bytes}
+            if streams:  # what was counted and hashed beyond the cap (the streams in full are in the frames)
+                end["streams"] = streams
+            if capped:
+                end["capture_limit"] = max(capped.values())
+                end["capped"] = sorted(capped)
+            closing = json.dumps({"end": end}, ensure_ascii=False, default=str).encode()
+            last = self._buffer + encode_frame(b"x", time.time() - self._start, closing)
+        self._buffer = bytearray()
+        return self.file.close(last)
 
     def close(self, summary: Mapping[str, Any] | None = None) -> tuple[int, str]:
-        """Write the closing metadata, flush, close; returns (size, sha256) of the file."""
-        if self.closed:
-            return self.size, self._digest.hexdigest()
-        try:
-            if self.failed is None:
-                end: dict[str, Any] = dict(summary or {})
-                if not self.full_capture:
-                    end["streams"] = {k: v.summary() for k, v in self.tallies.items() if v.bytes}
-                    end["capture_limit"] = self.capture_limit
-                self.meta({"end": end})
-                self.flush()
-        finally:
-            self.abandon()
-        return self.size, self._digest.hexdigest()
+        """:meth:`finish` and wait for it (tools and tests; the broker's loop awaits the future instead)."""
+        return self.finish(summary).result()
 
     def abandon(self) -> None:
-        """Close the file without writing more (after a failure)."""
-        if self.closed:
-            return
-        self.closed = True
-        with contextlib.suppress(OSError):  # what was written stays; the digest covers exactly that
-            os.fsync(self._fd)
-        os.close(self._fd)
+        """Close the file without writing more (after a failure, or for a session that never started)."""
+        if not self.closed:
+            self.closed = True
+            self._buffer = bytearray()
+            self.file.close()

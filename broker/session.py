@@ -24,7 +24,7 @@ import asyncssh
 from jit_ssh.ca import AccessDenied, Certificate, CertificateError, InputError, JitSshError, PublicKey
 
 from .proxy import Onward, ProxySession, allowed_env
-from .recorder import Recorder
+from .recorder import FULL, Recorder
 from .tcp import quick_acks
 
 if TYPE_CHECKING:
@@ -62,6 +62,19 @@ def _retrieve(task: asyncio.Task[Any]) -> None:
 def _close_onward(task: asyncio.Task[tuple[asyncssh.SSHClientConnection, int]]) -> None:
     if not task.cancelled() and task.exception() is None:
         task.result()[0].close()
+
+
+def capture_limits(proxy: ProxySession, limit: int) -> dict[str, int | None]:
+    """What each stream keeps (invariant 5): a terminal session everything; without one, the input in full
+    (it reaches the shell or the command as surely as typed keys do) and the output up to ``limit``.
+
+    No exec command is trusted to be a file transfer: ``scp -t`` and ``rsync --server`` run through the
+    user's shell on the host, which the user's own start-up files can make read its input as commands.
+    SFTP records operations and digests (broker/sftp.py); its subsystem's input is not captured.
+    """
+    if proxy.term is not None:
+        return {"o": FULL, "e": FULL, "i": FULL}
+    return {"o": limit, "e": limit, "i": FULL}
 
 
 def new_session_id() -> str:
@@ -256,22 +269,28 @@ class ClientConnection(asyncssh.SSHServer):
         proxy.session_id = f"{self.session_id}-{self._channels}"
         term = proxy.term
         size = term[1] if term else (80, 24, 0, 0)
+        # Every variable that reaches the host is in the recording with its value (it can carry a command:
+        # LC_X='...' ssh HOST 'eval "$LC_X"'); the names refused are recorded too.
+        env, refused_env = allowed_env(chan.get_environment(), self.broker.config.env_allow)
         header = {
             "version": 2,
             "width": size[0] or 80,
             "height": size[1] or 24,
-            "timestamp": time.time(),
+            "timestamp": int(time.time()),
             "title": f"{grant.user}: {grant.login}@{grant.host} ({proxy.kind})",
             "env": {"TERM": term[0] if term else "", "SHELL": ""},
             "jit_ssh": {
                 "session": proxy.session_id, "request": grant.request_id, "user": grant.user,
                 "host": grant.host, "login": grant.login, "key_id": cert.key_id, "serial": cert.serial,
                 "kind": proxy.kind, "pty": term is not None, "command": proxy.command, "peer": self.peer,
+                "started": time.time(),
             },
         }  # fmt: skip
         # Not cancelled halfway when the client leaves meanwhile: the file and the row it makes are then
         # closed by channel_finished, not left open (the worker threads would finish them regardless).
-        begun = asyncio.get_running_loop().create_task(self._begin_recording(proxy, grant, cert, header))
+        begun = asyncio.get_running_loop().create_task(
+            self._begin_recording(proxy, grant, cert, header, env, refused_env)
+        )
         begun.add_done_callback(_retrieve)
         recorded_serial = await asyncio.shield(begun)
         if proxy.closed:
@@ -281,7 +300,6 @@ class ClientConnection(asyncssh.SSHServer):
         onward_conn, onward_serial = await self._onward_connection(grant)
         if onward_serial != recorded_serial:  # reached after the row was written
             await asyncio.to_thread(self.broker.session_onward, proxy.session_id, onward_serial)
-        env = allowed_env(chan.get_environment())
         options: dict[str, Any] = {"env": env, "encoding": None}
         if term is not None:
             options.update(request_pty=True, term_type=term[0], term_size=term[1], term_modes=term[2])
@@ -300,7 +318,13 @@ class ClientConnection(asyncssh.SSHServer):
         proxy.attach()
 
     async def _begin_recording(
-        self, proxy: ProxySession, grant: Grant, cert: Certificate, header: dict[str, Any]
+        self,
+        proxy: ProxySession,
+        grant: Grant,
+        cert: Certificate,
+        header: dict[str, Any],
+        env: dict[str, str],
+        refused_env: list[str],
     ) -> int | None:
         """Open the recording and the session's row, and hand the recording to the proxy.
 
@@ -308,9 +332,9 @@ class ClientConnection(asyncssh.SSHServer):
         """
         path = self.broker.recording_path(proxy.session_id)
         recorder = await asyncio.to_thread(
-            Recorder.open, path, header, capture_limit=self.broker.config.capture_limit,
-            full_capture=proxy.term is not None,
-        )  # fmt: skip
+            Recorder.open, path, header, limits=capture_limits(proxy, self.broker.config.capture_limit)
+        )
+        recorder.file.set_loop(asyncio.get_running_loop())
         # The session row exists from here on, so that a session the host refuses is on record too:
         # a failure below ends the proxy, which closes the recording and the row with the reason.
         live = self._live_onward()  # the host may have been reached meanwhile
@@ -324,6 +348,8 @@ class ClientConnection(asyncssh.SSHServer):
         proxy.begin_recording(recorder)
         if proxy.command is not None:
             recorder.meta({"exec": proxy.command})
+        if env or refused_env:
+            recorder.meta({"env": env, **({"env_refused": refused_env} if refused_env else {})})
         if proxy.closed:  # the client left while this ran: close the recording and the row now
             self.channel_finished(proxy)
         return serial
@@ -349,9 +375,13 @@ class ClientConnection(asyncssh.SSHServer):
                 summary["exit_signal"] = onward.exit_signal[0]
         if proxy.sftp is not None:
             proxy.sftp.close()
+        self.broker.spawn(self._seal(proxy.session_id, recorder, summary))
+
+    async def _seal(self, session_id: str, recorder: Recorder, summary: dict[str, Any]) -> None:
+        """Wait for the recording to be on disk, then write its size and digest to the row and the audit log."""
         try:
-            size, digest = recorder.close(summary)
+            size, digest = await asyncio.wrap_future(recorder.finish(summary))
         except JitSshError as exc:
             log.warning("recording %s could not be closed cleanly: %s", recorder.path, exc)
             size, digest = recorder.size, ""
-        self.broker.spawn(asyncio.to_thread(self.broker.session_ended, proxy.session_id, summary, size, digest))
+        await asyncio.to_thread(self.broker.session_ended, session_id, summary, size, digest)
