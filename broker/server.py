@@ -54,9 +54,10 @@ from .control import (
     parse_arguments,
     require_reviewer,
 )
+from .index import index_recording, save_index
 from .notify import Notifier
 from .proxy import ProxySession
-from .review import index_recording, record_review, recording_of, save_index
+from .review import record_review, recording_of
 from .session import ClientConnection, Grant
 from .tcp import quick_acks
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
+from jit_ssh.broker.index import _MAX_LINE, index_recording, lines_path
 from jit_ssh.broker.recorder import Recorder
-from jit_ssh.broker.review import _MAX_LINE, index_recording, lines_path
 
 
 def test_output_without_line_ends_is_indexed_in_bounded_lines(tmp_path: Path) -> None:
