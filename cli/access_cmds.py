@@ -15,10 +15,11 @@ from jit_ssh.ca.store import Store
 from jit_ssh.ca.validate import parse_duration
 from jit_ssh.ca.workflow import Authority
 from rich.status import Status
+from rich.text import Text
 
 from .client import ControlClient, call, run_async
 from .files import write_atomic
-from .output import console, emit_json, error_console
+from .output import console, emit_json, error_console, plain
 from .settings import Settings, cache_dir
 from .views import print_request, print_requests, when
 
@@ -59,6 +60,15 @@ def _request_args(
     return args
 
 
+def _waiting_line(request: dict[str, Any], seconds: int) -> Text:
+    """The live status line while a request waits; the broker's values in it are shown inert."""
+    return plain(
+        f"request {request['id']}: waiting for approval ({len(request['approvals'])}/"
+        f"{request['approvals_required']} from {', '.join(request['approver_groups'])}), {seconds}s; "
+        "Ctrl-C to stop waiting"
+    )
+
+
 async def wait_for_approval(client: ControlClient, request: dict[str, Any], *, quiet: bool) -> dict[str, Any]:
     """Poll until the request leaves 'pending'; a live status line shows progress."""
     started = time.monotonic()
@@ -68,12 +78,7 @@ async def wait_for_approval(client: ControlClient, request: dict[str, Any], *, q
     try:
         while request["state"] == "pending":
             if status is not None:
-                status.update(
-                    f"request {request['id']}: waiting for approval "
-                    f"({len(request['approvals'])}/{request['approvals_required']} from "
-                    f"{', '.join(request['approver_groups'])}), {int(time.monotonic() - started)}s; "
-                    "Ctrl-C to stop waiting"
-                )
+                status.update(_waiting_line(request, int(time.monotonic() - started)))
             await asyncio.sleep(_POLL)
             request = await client.call("status", {"id": request["id"]})
     except (KeyboardInterrupt, asyncio.CancelledError):
@@ -117,7 +122,7 @@ def register(app: typer.Typer) -> None:
             async with ControlClient(settings) as client:
                 request: dict[str, Any] = await client.call("request", args)
                 if not as_json:
-                    console.print(f"Filed request {request['id']} ({request['state']})")
+                    console.print(plain(f"Filed request {request['id']} ({request['state']})"))
                 if no_wait or request["state"] != "pending":
                     return request
                 return await wait_for_approval(client, request, quiet=as_json)
@@ -161,7 +166,7 @@ def register(app: typer.Typer) -> None:
         if as_json:
             emit_json(result)
         else:
-            console.print(f"Request {result['id']} is now {result['state']}")
+            console.print(plain(f"Request {result['id']} is now {result['state']}"))
 
     @app.command("approve")
     def approve_cmd(
@@ -207,7 +212,7 @@ def register(app: typer.Typer) -> None:
         if as_json:
             emit_json({**view.as_dict(), "revoked_serials": serials})
         else:
-            console.print(f"Request {view.id} is now {view.state.value} ({len(serials)} certificate(s) revoked)")
+            console.print(plain(f"Request {view.id} is now {view.state.value} ({len(serials)} certificate(s) revoked)"))
 
     @app.command("cert")
     def cert_cmd(
@@ -227,8 +232,8 @@ def register(app: typer.Typer) -> None:
                  "valid_after": cert.valid_after, "valid_before": cert.valid_before, "key_id": cert.key_id}
             )  # fmt: skip
             return
-        console.print(f"Certificate for request {request_id} in {path}")
-        console.print(f"  principals {', '.join(cert.principals)}", markup=False)
+        console.print(plain(f"Certificate for request {request_id} in {path}"))
+        console.print(plain(f"  principals {', '.join(cert.principals)}"))
         console.print(f"  valid      {when(cert.valid_after)} to {when(cert.valid_before)}")
         console.print(f"  serial     {cert.serial}")
 

@@ -16,14 +16,24 @@ from jit_ssh.broker.control import HOST_GROUP
 from jit_ssh.broker.server import Broker
 from jit_ssh.ca import InputError, JitSshError, PublicKey, passphrase_from_env
 from jit_ssh.ca.audit import iter_events, verify_chain
-from jit_ssh.ca.inventory import add_host, add_user, disable_user, list_hosts, list_users, parse_labels
+from jit_ssh.ca.inventory import (
+    HostEntry,
+    UserEntry,
+    add_host,
+    add_user,
+    disable_user,
+    list_hosts,
+    list_users,
+    parse_labels,
+)
 from jit_ssh.ca.policy import AccessQuery, HostInfo, Policy
 from jit_ssh.ca.store import Host, Store, User
 from jit_ssh.ca.validate import parse_duration
 from rich.table import Table
+from rich.text import Text
 
 from .enroll import build_bundle
-from .output import console, emit_json
+from .output import console, emit_json, plain, printable
 
 __all__ = ["register"]
 
@@ -72,14 +82,14 @@ def user_add(
     if as_json:
         emit_json({"name": entry.name, "groups": list(entry.groups), "keys": list(entry.keys)})
     else:
-        console.print(f"User {entry.name}: groups {', '.join(entry.groups) or '-'}; {len(entry.keys)} key(s)")
+        console.print(plain(f"User {entry.name}: groups {', '.join(entry.groups) or '-'}; {len(entry.keys)} key(s)"))
 
 
 @user_app.command("disable")
 def user_disable(name: Annotated[str, typer.Argument()], config: ConfigOption = None) -> None:
     """Disable a user: the broker refuses their keys from now on."""
     disable_user(_store(config), name)
-    console.print(f"User {name} disabled")
+    console.print(plain(f"User {name} disabled"))
 
 
 @user_app.command("list")
@@ -91,10 +101,15 @@ def user_list(config: ConfigOption = None, as_json: JsonOption = False) -> None:
             [{"name": u.name, "groups": list(u.groups), "disabled": u.disabled, "keys": list(u.keys)} for u in users]
         )
         return
+    console.print(_users_table(users))
+
+
+def _users_table(users: list[UserEntry]) -> Table:
     table = Table("user", "groups", "state", "keys")
     for u in users:
-        table.add_row(u.name, ", ".join(u.groups), "disabled" if u.disabled else "active", "\n".join(u.keys))
-    console.print(table)
+        keys = Text("\n").join(plain(key) for key in u.keys)
+        table.add_row(plain(u.name), plain(", ".join(u.groups)), "disabled" if u.disabled else "active", keys)
+    return table
 
 
 def _split_address(address: str) -> tuple[str, int]:
@@ -123,7 +138,7 @@ def host_add(
     if as_json:
         emit_json({"name": entry.name, "address": entry.address, "port": entry.port, "labels": dict(entry.labels)})
     else:
-        console.print(f"Host {entry.name} at {entry.address}:{entry.port}")
+        console.print(plain(f"Host {entry.name} at {entry.address}:{entry.port}"))
 
 
 @host_app.command("enroll")
@@ -159,8 +174,8 @@ def host_enroll(
         if as_json:
             emit_json({"host": name, "files": [str(p) for p in written]})
         else:
-            console.print(f"Enrolled {name}; wrote {len(written)} files to {output}. On the host: "
-                          f"scripts/enroll-host {output}")  # fmt: skip
+            console.print(plain(f"Enrolled {name}; wrote {len(written)} files to {output}. On the host: "
+                                f"scripts/enroll-host {output}"))  # fmt: skip
         return
     if as_json:
         emit_json({k: v.decode() for k, v in bundle.files.items() if k != "revoked.krl"})
@@ -186,11 +201,16 @@ def host_list(config: ConfigOption = None, as_json: JsonOption = False) -> None:
             ]
         )  # fmt: skip
         return
+    console.print(_hosts_table(hosts))
+
+
+def _hosts_table(hosts: list[HostEntry]) -> Table:
     table = Table("host", "address", "labels", "trust")
     for h in hosts:
         labels = ",".join(f"{k}={v}" for k, v in sorted(h.labels.items()))
-        table.add_row(h.name, f"{h.address}:{h.port}", labels, "pinned key" if h.host_key else "host certificate")
-    console.print(table)
+        trust = "pinned key" if h.host_key else "host certificate"
+        table.add_row(plain(h.name), plain(f"{h.address}:{h.port}"), plain(labels), trust)
+    return table
 
 
 @audit_app.command("verify")
@@ -235,7 +255,7 @@ def policy_check(
     """Validate a policy file; errors name the line."""
     path = file or _config(config).policy
     policy = Policy.load(path)
-    console.print(f"{path}: OK ({len(policy.rules)} rules)")
+    console.print(plain(f"{path}: OK ({len(policy.rules)} rules)"))
 
 
 @policy_app.command("explain")
@@ -266,14 +286,31 @@ def policy_explain(
                    "approvals_required": decision.approvals_required,
                    "approver_groups": sorted(decision.approver_groups)})  # fmt: skip
         return
-    verdict = "[green]allowed[/]" if decision.allowed else "[red]denied[/]"
-    console.print(f"{user} -> {login}@{host} for {duration}: {verdict}")
+    verdict = ("allowed", "green") if decision.allowed else ("denied", "red")
+    console.print(Text.assemble(plain(f"{user} -> {login}@{host} for {duration}: "), verdict))
     for reason in decision.reasons:
-        console.print(f"  - {reason}", markup=False)
+        console.print(plain(f"  - {reason}"))
+
+
+class _TextFormatter(logging.Formatter):
+    """``time level logger message``, one physical line a record, whatever the message holds.
+
+    Exec commands, user names and reasons reach the log, in our lines and in asyncssh's own INFO lines
+    (``Command: ...``): a newline in one would forge a line, an escape sequence would act on the
+    terminal of whoever reads the log. :func:`~.output.printable` escapes them, and a traceback's line
+    breaks too, so that a line of the log always starts a record.
+    """
+
+    def __init__(self) -> None:
+        super().__init__("%(asctime)s %(levelname)s %(name)s %(message)s")
+
+    def format(self, record: logging.LogRecord) -> str:
+        return printable(super().format(record))
 
 
 class _JsonFormatter(logging.Formatter):
-    """One JSON object a line: time, level, logger, message (and the traceback, if any)."""
+    """One JSON object a line: time, level, logger, message (and the traceback, if any); json.dumps
+    escapes every control character, so a logged value cannot break the line either."""
 
     def format(self, record: logging.LogRecord) -> str:
         entry = {
@@ -301,7 +338,7 @@ def register(app: typer.Typer) -> None:
         if cfg.log_format == "json":
             handler.setFormatter(_JsonFormatter())
         else:
-            handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s %(message)s"))
+            handler.setFormatter(_TextFormatter())
         logging.basicConfig(level=cfg.log_level, handlers=[handler])
         broker = Broker(cfg, passphrase=passphrase_from_env())
         asyncio.run(broker.serve_forever())

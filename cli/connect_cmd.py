@@ -21,7 +21,7 @@ from jit_ssh.ca.validate import check_hostname, check_login, parse_duration, tar
 from .access_cmds import public_key_of, wait_for_approval
 from .client import ControlClient, run_async
 from .files import write_atomic
-from .output import error_console
+from .output import error_console, plain
 from .settings import Settings, cache_dir
 
 __all__ = ["build_ssh_argv", "connect", "find_grant"]
@@ -135,7 +135,7 @@ def _prepare(
                 if ticket:
                     args["ticket"] = ticket
                 grant = await client.call("request", args)
-                error_console.print(f"jit-ssh: filed request {grant['id']} for {principal} ({grant['state']})")
+                error_console.print(plain(f"jit-ssh: filed request {grant['id']} for {principal} ({grant['state']})"))
                 if no_wait:
                     return None
                 if grant["state"] == "pending":

@@ -33,10 +33,11 @@ from jit_ssh.ca import InputError, JitSshError
 from jit_ssh.ca.store import Store
 from jit_ssh.ca.validate import parse_duration
 from rich.table import Table
+from rich.text import Text
 
 from .client import ControlClient, call, run_async
 from .files import write_atomic
-from .output import console, emit_json
+from .output import console, emit_json, plain, printable
 from .player import TtyKeys, play, sanitize, schedule
 from .settings import Settings
 from .views import when
@@ -73,16 +74,17 @@ def _print_sessions(rows: list[dict[str, Any]]) -> None:
         return
     table = Table("session", "user", "target", "request", "started", "duration", "bytes", "exit", "cmds")
     for r in rows:
-        exit_text = r["exit_signal"] or (str(r["exit_status"]) if r["exit_status"] is not None else "-")
+        exit_text = plain(r["exit_signal"] or (r["exit_status"] if r["exit_status"] is not None else "-"))
         if r["active"]:
-            exit_text = "[green]active[/]"
+            exit_text = Text("active", style="green")
         table.add_row(
-            r["id"], r["user"], f"{r['login']}@{r['host']} ({r['kind']})",
-            f"{r['request_id']}: {(r.get('reason') or '')[:30]}", when(r["started_at"]), f"{r['duration']:.0f}s",
-            _size((r["bytes_in"] or 0) + (r["bytes_out"] or 0)), exit_text, str(r["commands"]),
+            plain(r["id"]), plain(r["user"]), plain(f"{r['login']}@{r['host']} ({r['kind']})"),
+            plain(f"{r['request_id']}: {printable(r.get('reason') or '', limit=30)}"), when(r["started_at"]),
+            f"{r['duration']:.0f}s", _size((r["bytes_in"] or 0) + (r["bytes_out"] or 0)), exit_text,
+            plain(r["commands"]),
         )  # fmt: skip
         for match in r.get("matched_commands", [])[:5]:
-            table.add_row("", "", f"  [dim]{match['command'][:80]}[/]", "", "", "", "", "", "")
+            table.add_row("", "", plain(f"  {printable(match['command'], limit=80)}", style="dim"), *[""] * 6)
     console.print(table)
 
 
@@ -132,7 +134,15 @@ def show(
     if as_json:
         emit_json(detail)
         return
-    console.print(f"Session [bold]{detail['id']}[/]: {detail['user']} as {detail['login']}@{detail['host']}")
+    _print_detail(detail)
+
+
+def _print_detail(detail: dict[str, Any]) -> None:
+    """``sessions show`` for a person: every value is the session's or the requester's, shown inert."""
+    console.print(
+        Text.assemble("Session ", plain(detail["id"], style="bold"), ": ",
+                      plain(f"{detail['user']} as {detail['login']}@{detail['host']}"))
+    )  # fmt: skip
     request = detail.get("request") or {}
     lines = [
         ("kind", f"{detail['kind']}{' with a terminal' if detail['pty'] else ''}"),
@@ -151,17 +161,17 @@ def show(
         for c in detail["certificates"]
     ]
     for name, value in lines:
-        console.print(f"  {name:<12} {value}", markup=False)
+        console.print(plain(f"  {name:<12} {value}"))
     if detail["commands_run"]:
         console.print("  commands:")
         for c in detail["commands_run"]:
-            console.print(f"    {c['time']:>9.2f}s  {c['command']}", markup=False)
+            console.print(plain(f"    {c['time']:>9.2f}s  {c['command']}"))
     if detail["transfers"]:
         console.print("  file transfers:")
         for t in detail["transfers"]:
             target = t.get("path") or f"{t.get('from')} -> {t.get('to')}"
             size = f" {t['bytes']} bytes sha256 {t['sha256'][:16]}..." if "bytes" in t else ""
-            console.print(f"    {t['op']:<8} {target}{size}", markup=False)
+            console.print(plain(f"    {t['op']:<8} {target}{size}"))
 
 
 @sessions_app.command("verify")
@@ -179,7 +189,7 @@ def verify(
         emit_json(results)
     else:
         for r in bad:
-            console.print(f"[red]FAILED[/] {r['id']}: {r['status']}")
+            console.print(Text.assemble(("FAILED", "red"), " ", plain(f"{r['id']}: {r['status']}")))
         console.print(f"{len(results) - len(bad)} of {len(results)} recordings verified")
     if bad:
         raise JitSshError(f"{len(bad)} recording(s) failed verification: {', '.join(r['id'] for r in bad[:5])}")
@@ -203,7 +213,7 @@ def prune(
     verb = "Pruned" if yes else "Would prune (dry run; --yes to delete)"
     console.print(f"{verb}: {len(chosen)} recording(s)")
     for session_id, why in refused:
-        console.print(f"  kept {session_id}: {why}")
+        console.print(plain(f"  kept {session_id}: {why}"))
 
 
 @sessions_app.command("hold")
@@ -214,7 +224,7 @@ def hold(
 ) -> None:
     """Put a session under legal hold (prune keeps it), or release it."""
     set_hold(Store(BrokerConfig.load(config).store_url), session_id, hold=not release, actor="admin")
-    console.print(f"Session {session_id} {'released' if release else 'on hold'}")
+    console.print(plain(f"Session {session_id} {'released' if release else 'on hold'}"))
 
 
 # -- streams -----------------------------------------------------------------------------------------
@@ -267,7 +277,7 @@ def register(app: typer.Typer) -> None:
 
         data = run_async(collect())
         write_atomic(output, data, mode=0o600)
-        console.print(f"Wrote {output} ({_size(len(data))})")
+        console.print(plain(f"Wrote {output} ({_size(len(data))})"))
 
     @app.command("replay")
     def replay(

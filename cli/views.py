@@ -1,4 +1,7 @@
-"""Human renderings of requests and grants (the JSON form is the broker's reply as it is)."""
+"""Human renderings of requests and grants (the JSON form is the broker's reply as it is).
+
+Every value is the requester's or an approver's text: shown through :func:`~.output.plain`, never as markup.
+"""
 
 from __future__ import annotations
 
@@ -6,8 +9,9 @@ from datetime import UTC, datetime
 from typing import Any
 
 from rich.table import Table
+from rich.text import Text
 
-from .output import console
+from .output import console, plain
 
 __all__ = ["print_request", "print_requests", "when"]
 
@@ -18,11 +22,11 @@ def when(epoch: float | None) -> str:
     return datetime.fromtimestamp(epoch, UTC).astimezone().strftime("%Y-%m-%d %H:%M:%S")
 
 
-def _state(request: dict[str, Any]) -> str:
+def _state(request: dict[str, Any]) -> Text:
     state = str(request["state"])
     colour = {"approved": "green", "pending": "yellow"}.get(state, "red")
     extra = " (break-glass)" if request.get("break_glass") else ""
-    return f"[{colour}]{state}[/]{extra}"
+    return Text.assemble(plain(state, style=colour), extra)
 
 
 def print_requests(requests: list[dict[str, Any]], *, title: str) -> None:
@@ -34,20 +38,20 @@ def print_requests(requests: list[dict[str, Any]], *, title: str) -> None:
         table.add_column(column)
     for r in requests:
         table.add_row(
-            str(r["id"]),
+            plain(r["id"]),
             _state(r),
-            r["requester"],
-            ", ".join(r["principals"]),
-            r["duration"],
+            plain(r["requester"]),
+            plain(", ".join(r["principals"])),
+            plain(r["duration"]),
             f"{len(r['approvals'])}/{r['approvals_required']}",
-            r["reason"][:60],
+            plain(r["reason"], limit=60),
             when(r.get("expires_at")),
         )
     console.print(table)
 
 
 def print_request(r: dict[str, Any]) -> None:
-    console.print(f"Request [bold]{r['id']}[/]: {_state(r)}")
+    console.print(Text.assemble("Request ", plain(r["id"], style="bold"), ": ", _state(r)))
     rows = [
         ("requester", r["requester"]),
         ("target", ", ".join(r["principals"])),
@@ -69,4 +73,4 @@ def print_request(r: dict[str, Any]) -> None:
     if r.get("decided_by") and r["state"] not in ("pending", "approved"):
         rows.append((r["state"] + " by", f"{r['decided_by']}: {r.get('decision_note') or ''}"))
     for name, value in rows:
-        console.print(f"  {name:<11} {value}", markup=False)
+        console.print(plain(f"  {name:<11} {value}"))
