@@ -126,7 +126,7 @@ class FrameParser:
                 break
             name = code.decode("latin-1")
             if name not in _CODES or not math.isfinite(moment) or moment < 0:
-                raise RecordingFormatError(f"a damaged frame (code {name!r}, time {moment!r})")
+                raise RecordingFormatError(f"a damaged frame (code {name!r}, time {moment!r}): damaged recording")
             start = pos + _FRAME.size
             frames.append(Frame(name, moment, bytes(buffer[start : start + length])))
             pos = start + length

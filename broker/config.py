@@ -46,6 +46,9 @@ _BROKER_KEYS = frozenset(
         "onward_idle",
         "log_format",
         "env_allow",
+        "index_workers",
+        "index_cpu_budget",
+        "index_memory",
     }
 )
 
@@ -95,6 +98,12 @@ class BrokerConfig:
     log_format: str = "text"
     #: Environment variables passed on to hosts besides the locale's (recorded with their values).
     env_allow: frozenset[str] = frozenset()
+    #: Recordings indexed at once, each in a process of its own (broker/isolate.py).
+    index_workers: int = 1
+    #: CPU seconds one recording's index may take; past it, what was indexed is kept and the session marked.
+    index_cpu_budget: int = 120
+    #: Bytes of memory one index process may use.
+    index_memory: int = 1024 * 1024 * 1024
 
     @property
     def store_url(self) -> str:
@@ -196,6 +205,18 @@ class BrokerConfig:
                 f'{where}: [broker] env_allow: expected a list of variable names such as "GIT_PROTOCOL" '
                 f"(not {', '.join(sorted(_NEVER_ENV))})"
             )
+        workers = table.get("index_workers", 1)
+        if type(workers) is not int or not 1 <= workers <= 16:
+            raise ConfigError(f"{where}: [broker] index_workers: expected a number from 1 to 16")
+        try:
+            cpu_budget = parse_duration(text("index_cpu_budget", "2m"))
+        except InputError as exc:
+            raise ConfigError(f"{where}: [broker] index_cpu_budget: {exc}") from exc
+        if not 1 <= cpu_budget.total_seconds() <= 86400:
+            raise ConfigError(f"{where}: [broker] index_cpu_budget: expected from 1s to 24h")
+        memory = table.get("index_memory", 1024)
+        if type(memory) is not int or not 256 <= memory <= 1024 * 1024:
+            raise ConfigError(f"{where}: [broker] index_memory: expected MiB, from 256 to 1048576")
         level = text("log_level", "INFO").upper()
         if level not in ("DEBUG", "INFO", "WARNING", "ERROR"):
             raise ConfigError(f"{where}: [broker] log_level: expected DEBUG, INFO, WARNING or ERROR, found {level!r}")
@@ -221,4 +242,7 @@ class BrokerConfig:
             onward_idle=onward_idle,
             log_format=log_format,
             env_allow=frozenset(env_allow),
+            index_workers=workers,
+            index_cpu_budget=int(cpu_budget.total_seconds()),
+            index_memory=memory * 1024 * 1024,
         )

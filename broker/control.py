@@ -25,6 +25,7 @@ from .review import check_reviewer, list_sessions, parse_since, session_detail, 
 __all__ = [
     "HOST_GROUP",
     "MAX_ARGUMENTS",
+    "REVIEW_VERBS",
     "STREAM_VERBS",
     "VERBS",
     "ControlContext",
@@ -81,6 +82,7 @@ _SPECS: dict[str, _Spec] = {
         "request": (int, False),
         "grep": (str, False),
         "grep_output": (str, False),
+        "flagged": (bool, False),
         "limit": (int, False),
     },
     "session": {"id": (str, True)},
@@ -92,6 +94,8 @@ _SPECS: dict[str, _Spec] = {
     "krl": {},
 }
 STREAM_VERBS = frozenset({"export", "watch", "krl"})
+#: Verbs that read recordings' indexes or digests: run on the broker's review threads.
+REVIEW_VERBS = frozenset({"sessions", "session", "verify"})
 VERBS = frozenset(_SPECS)
 
 
@@ -211,7 +215,7 @@ def run_command(ctx: ControlContext, verb: str, args: Mapping[str, Any]) -> Any:
                 store, user=args.get("user"), host=args.get("host"),
                 since=parse_since(args["since"]) if "since" in args else None, active=args.get("active", False),
                 request=args.get("request"), grep=args.get("grep"), grep_output=args.get("grep_output"),
-                limit=args.get("limit", 200),
+                flagged=args.get("flagged", False), limit=args.get("limit", 200),
             )  # fmt: skip
         if verb == "session":
             return session_detail(store, args["id"])

@@ -42,6 +42,7 @@ EVENTS = frozenset(
         "request.revoked",
         "request.cancelled",
         "breakglass.used",
+        "session.flagged",
     }
 )
 
@@ -264,6 +265,11 @@ def message_text(event: str, payload: Mapping[str, object]) -> str:
             f":rotating_light: BREAK-GLASS: {requester} took {span} without approval"
             f"{': ' + why if why else ''}{ref}; review required"
         )
+    if event == "session.flagged":
+        flags = payload.get("flags")
+        shown = ", ".join(_clean(f, 100) for f in flags[:5]) if isinstance(flags, list) else _get(payload, "flags")
+        session = _get(payload, "session")
+        return f":mag: {_get(payload, 'user') or 'someone'}'s session {session} on {what} needs review: {shown}{ref}"
     if event == "request.cancelled":
         whose = "their" if actor in {"someone", requester} else f"{requester}'s"
         who = requester if actor == "someone" else actor

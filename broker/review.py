@@ -6,14 +6,13 @@ fast however much a session printed.
 
 from __future__ import annotations
 
-import hashlib
-import re
 import time
 from collections.abc import Iterable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import re2
 from jit_ssh.ca import AccessDenied, InputError, JitSshError
 from jit_ssh.ca.audit import append_event, iter_events
 from jit_ssh.ca.store import (
@@ -28,7 +27,9 @@ from jit_ssh.ca.store import (
 from jit_ssh.ca.validate import parse_duration
 from sqlmodel import Session, col, select
 
-from .index import lines_path
+from .enforcer import alive
+from .index import input_lines_path, lines_path
+from .recovery import prefix_digest
 
 __all__ = [
     "list_sessions",
@@ -42,19 +43,37 @@ _MAX_PATTERN = 200
 
 
 # -- queries ---------------------------------------------------------------------------------------
-def _pattern(text: str | None, what: str) -> re.Pattern[str] | None:
+def _pattern(text: str | None, what: str) -> Any:
+    """A search pattern, compiled for RE2: matching is linear in the text, whatever the pattern (Python's
+    ``re`` backtracks: ``(a+)+$`` froze the broker for 40 s)."""
     if text is None:
         return None
     if not text or len(text) > _MAX_PATTERN:
         raise InputError(f"{what} must be 1-{_MAX_PATTERN} characters")
+    options = re2.Options()
+    options.max_mem = 8 << 20  # a pattern that needs more is refused, not built
+    options.log_errors = False
     try:
-        return re.compile(text)
-    except re.error as exc:
-        raise InputError(f"{what} is not a valid regular expression: {exc}") from exc
+        return re2.compile(text, options)
+    except re2.error as exc:
+        raise InputError(f"{what} is not a valid regular expression (RE2 syntax): {exc}") from exc
 
 
-def _summary(row: RecordedSession, request: AccessRequest | None) -> dict[str, Any]:
+def _summary(row: RecordedSession, request: AccessRequest | None, live_brokers: set[str]) -> dict[str, Any]:
     ended = row.ended_at
+    if ended is not None:
+        state = "ended"
+    elif row.broker_id is None or row.broker_id in live_brokers:
+        state = "active"
+    else:  # its broker stopped without closing it: closed when that broker starts again
+        state = "cut"
+    index = loads(row.index_json) if row.index_json else None
+    if row.index_error:
+        index_state = "failed"
+    elif index is None:
+        index_state = "pending" if ended is not None else "-"
+    else:
+        index_state = "partial" if index.get("problems") else "ok"
     return {
         "id": row.id,
         "request_id": row.request_id,
@@ -68,7 +87,8 @@ def _summary(row: RecordedSession, request: AccessRequest | None) -> dict[str, A
         "started_at": row.started_at,
         "ended_at": ended,
         "duration": round((ended or time.time()) - row.started_at, 3),
-        "active": ended is None,
+        "active": state == "active",
+        "state": state,
         "bytes_in": row.bytes_in,
         "bytes_out": row.bytes_out,
         "recording_size": row.recording_size,
@@ -78,6 +98,9 @@ def _summary(row: RecordedSession, request: AccessRequest | None) -> dict[str, A
         "commands": row.commands_count,
         "hold": row.hold,
         "pruned": row.pruned_at is not None,
+        "flags": loads(row.flags_json) if row.flags_json else [],
+        "index": index_state,
+        "index_error": row.index_error,
     }
 
 
@@ -91,13 +114,16 @@ def list_sessions(
     request: int | None = None,
     grep: str | None = None,
     grep_output: str | None = None,
+    flagged: bool = False,
     limit: int = 200,
 ) -> list[dict[str, Any]]:
-    """Sessions, newest first, filtered; ``grep`` searches commands, ``grep_output`` what was printed."""
+    """Sessions, newest first, filtered; ``grep`` searches commands (run, typed, fed on stdin, passed in
+    the environment), ``grep_output`` what was printed; ``flagged`` keeps those that need review."""
     command_re, output_re = _pattern(grep, "--grep"), _pattern(grep_output, "--grep-output")
     if not 0 < limit <= 10_000:
         raise InputError("limit must be from 1 to 10000")
-    with store.transaction() as session:
+    live_brokers = alive(store)
+    with store.read() as session:
         statement = select(RecordedSession).order_by(col(RecordedSession.started_at).desc())
         if user:
             statement = statement.where(RecordedSession.user == user)
@@ -109,15 +135,19 @@ def list_sessions(
             statement = statement.where(col(RecordedSession.ended_at).is_(None))
         if request is not None:
             statement = statement.where(RecordedSession.request_id == request)
-        rows = list(session.exec(statement.limit(limit if command_re is None and output_re is None else 100_000)))
+        if flagged:
+            statement = statement.where(col(RecordedSession.flags_json).is_not(None))
+        searching = command_re is not None or output_re is not None
+        rows = list(session.exec(statement.limit(100_000 if searching else limit)))
+        if active:
+            rows = [r for r in rows if r.broker_id is None or r.broker_id in live_brokers]
         matches: dict[str, list[dict[str, Any]]] = {}
         if command_re is not None and rows:
-            for cmd in session.exec(
-                select(SessionCommand).where(col(SessionCommand.session_id).in_([r.id for r in rows]))
-            ):
-                if command_re.search(cmd.command):
-                    matches.setdefault(cmd.session_id, []).append({"time": cmd.time, "command": cmd.command})
-            rows = [r for r in rows if r.id in matches]
+            for start in range(0, len(rows), 500):
+                ids = [r.id for r in rows[start : start + 500]]
+                for cmd in session.exec(select(SessionCommand).where(col(SessionCommand.session_id).in_(ids))):
+                    if command_re.search(cmd.command):
+                        matches.setdefault(cmd.session_id, []).append({"time": cmd.time, "command": cmd.command})
         requests = {
             r.id: r
             for r in session.exec(
@@ -126,28 +156,41 @@ def list_sessions(
         }
     out = []
     for row in rows:
-        if output_re is not None and not _output_matches(Path(row.recording_path), output_re):
+        if command_re is not None and row.id not in matches:
+            typed = _lines_matching(input_lines_path(Path(row.recording_path)), command_re)
+            if not typed:
+                continue
+            matches[row.id] = [{"time": None, "command": line, "source": "input"} for line in typed]
+        if output_re is not None and not _lines_matching(lines_path(Path(row.recording_path)), output_re):
             continue
-        item = _summary(row, requests.get(row.request_id))
+        item = _summary(row, requests.get(row.request_id), live_brokers)
         if row.id in matches:
-            item["matched_commands"] = matches[row.id]
+            item["matched_commands"] = matches[row.id][:20]
         out.append(item)
         if len(out) >= limit:
             break
     return out
 
 
-def _output_matches(recording: Path, pattern: re.Pattern[str]) -> bool:
+def _lines_matching(path: Path, pattern: Any, *, most: int = 5) -> list[str]:
+    """Up to ``most`` lines of an index text file that ``pattern`` matches."""
+    found: list[str] = []
     try:
-        with lines_path(recording).open(encoding="utf-8", errors="replace") as handle:
-            return any(pattern.search(line) for line in handle)
+        with path.open(encoding="utf-8", errors="replace") as handle:
+            for line in handle:
+                if pattern.search(line):
+                    found.append(line.rstrip("\n"))
+                    if len(found) >= most:
+                        break
     except OSError:
-        return False
+        return []
+    return found
 
 
 def session_detail(store: Store, session_id: str) -> dict[str, Any]:
     """Everything about one session: metadata, its request and approvals, certificates, commands."""
-    with store.transaction() as session:
+    live_brokers = alive(store)
+    with store.read() as session:
         row = _get(session, session_id)
         request = session.get(AccessRequest, row.request_id)
         approvals = session.exec(select(Approval).where(Approval.request_id == row.request_id)).all()
@@ -159,8 +202,13 @@ def session_detail(store: Store, session_id: str) -> dict[str, Any]:
         commands = session.exec(
             select(SessionCommand).where(SessionCommand.session_id == session_id).order_by(col(SessionCommand.time))
         ).all()
-    detail = _summary(row, request)
+    detail = _summary(row, request, live_brokers)
     index = loads(row.index_json) if row.index_json else {}
+    environment = {}
+    for command in commands:
+        if command.source == "env":
+            name, _, value = command.command.partition("=")
+            environment[name] = value
     detail.update(
         peer=row.peer,
         recording_path=row.recording_path,
@@ -177,8 +225,11 @@ def session_detail(store: Store, session_id: str) -> dict[str, Any]:
              "revoked": c.revoked}
             for c in certs
         ],
-        commands_run=[{"time": c.time, "command": c.command, "source": c.source} for c in commands],
+        commands_run=[{"time": c.time, "command": c.command, "source": c.source} for c in commands
+                      if c.source != "env"],
+        environment=environment,
         transfers=index.get("transfers", []),
+        index_problems=index.get("problems", []),
         streams=index.get("end", {}).get("streams", {}),
     )  # fmt: skip
     return detail
@@ -195,7 +246,7 @@ def _get(session: Session, session_id: str) -> RecordedSession:
 
 def recording_of(store: Store, session_id: str) -> tuple[Path, bool]:
     """The recording file of a session and whether the session is still running."""
-    with store.transaction() as session:
+    with store.read() as session:
         row = _get(session, session_id)
     if row.pruned_at is not None:
         raise JitSshError(f"the recording of session {session_id} was pruned")
@@ -208,19 +259,11 @@ def record_review(store: Store, *, actor: str, action: str, session_id: str) -> 
         append_event(store, session, actor=actor, action=action, subject=f"session:{session_id}")
 
 
-def _digest(path: Path) -> tuple[int, str]:
-    digest = hashlib.sha256()
-    size = 0
-    with path.open("rb") as handle:
-        while chunk := handle.read(1 << 20):
-            digest.update(chunk)
-            size += len(chunk)
-    return size, digest.hexdigest()
-
-
 def verify_sessions(store: Store, session_id: str | None = None) -> list[dict[str, Any]]:
-    """Recompute each closed recording's digest against its row and the audit log; one result each."""
-    with store.transaction() as session:
+    """Check every recording that is not being written by a running broker: its digest against its row and
+    the audit log, and that review tools could read it. One result each."""
+    live_brokers = alive(store)
+    with store.read() as session:
         if session_id is not None:
             rows: Iterable[RecordedSession] = [_get(session, session_id)]
         else:
@@ -229,30 +272,41 @@ def verify_sessions(store: Store, session_id: str | None = None) -> list[dict[st
     for event in iter_events(store):
         if event["action"] == "session.ended":
             audited[event["subject"].removeprefix("session:")] = event["details"].get("recording_sha256", "")
-    results = []
-    for row in rows:
-        problem = None
-        path = Path(row.recording_path)
-        if row.pruned_at is not None:
-            results.append({"id": row.id, "ok": True, "status": "pruned"})
-            continue
-        if row.ended_at is None:
-            problem = None if path.exists() else "recording is missing"
-            results.append({"id": row.id, "ok": problem is None, "status": problem or "active"})
-            continue
-        try:
-            size, digest = _digest(path)
-        except OSError:
-            problem = "recording is missing or unreadable"
+    return [_verify(row, audited, live_brokers) for row in rows]
+
+
+def _verify(row: RecordedSession, audited: dict[str, str], live_brokers: set[str]) -> dict[str, Any]:
+    if row.pruned_at is not None:
+        return {"id": row.id, "ok": True, "status": "pruned"}
+    path = Path(row.recording_path)
+    try:
+        size, digest, prefix = prefix_digest(path, row.checkpoint_size if row.ended_at is None else None)
+    except OSError:
+        return {"id": row.id, "ok": False, "status": "recording is missing or unreadable"}
+    problem: str | None = None
+    if row.ended_at is None:
+        if row.broker_id is not None and row.broker_id not in live_brokers:
+            problem = f"cut off: broker {row.broker_id} stopped without sealing it (sealed when that broker starts)"
+        elif row.checkpoint_size and prefix != row.checkpoint_sha256:
+            problem = "recording was altered (differs from its last checkpoint)"
         else:
-            if row.recording_sha256 and audited.get(row.id) not in (None, row.recording_sha256):
-                problem = "session row's digest differs from the audit log's"
-            elif size != row.recording_size:
-                problem = f"recording is {size} bytes, {row.recording_size} were recorded (truncated or extended)"
-            elif digest != row.recording_sha256:
-                problem = "recording was altered (SHA-256 differs)"
-        results.append({"id": row.id, "ok": problem is None, "status": problem or "ok"})
-    return results
+            return {"id": row.id, "ok": True, "status": "active"}
+        return {"id": row.id, "ok": False, "status": problem}
+    if not row.recording_sha256:
+        problem = "recording was never sealed (no digest)"
+    elif row.id not in audited:
+        problem = "the audit log has no end for this session"
+    elif audited[row.id] != row.recording_sha256:
+        problem = "session row's digest differs from the audit log's"
+    elif size != row.recording_size:
+        problem = f"recording is {size} bytes, {row.recording_size} were recorded (truncated or extended)"
+    elif digest != row.recording_sha256:
+        problem = "recording was altered (SHA-256 differs)"
+    elif row.end_reason and "altered" in row.end_reason:
+        problem = f"sealed after a crash, but {row.end_reason.partition('; ')[2]}"
+    elif row.index_error:
+        problem = f"unreadable by review tools: {row.index_error}"
+    return {"id": row.id, "ok": problem is None, "status": problem or "ok"}
 
 
 def set_hold(store: Store, session_id: str, *, hold: bool, actor: str) -> None:

@@ -12,10 +12,13 @@ import contextlib
 import json
 import logging
 import os
+import secrets
 import signal
+import socket
 import tempfile
 import time
 from collections.abc import Callable, Coroutine, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -47,6 +50,7 @@ from .castlog import AsciicastWriter, follow_frames
 from .config import BrokerConfig
 from .control import (
     MAX_ARGUMENTS,
+    REVIEW_VERBS,
     STREAM_VERBS,
     ControlContext,
     dispatch,
@@ -54,9 +58,12 @@ from .control import (
     parse_arguments,
     require_reviewer,
 )
-from .index import index_recording, save_index
+from .enforcer import Enforcer
+from .indexing import IndexQueue
+from .isolate import Budget, Isolator
 from .notify import Notifier
 from .proxy import ProxySession
+from .recovery import close_orphans
 from .review import record_review, recording_of
 from .session import ClientConnection, Grant
 from .tcp import quick_acks
@@ -66,8 +73,6 @@ __all__ = ["Broker"]
 log = logging.getLogger("jit_ssh.broker")
 _STDIN_TIMEOUT = 30.0
 _SWEEP_INTERVAL = 5.0
-_ENFORCE_INTERVAL = 0.25
-_STATE_POLL = 1.0
 _HOST_CERT_VALIDITY = timedelta(days=30)
 _ONWARD_TIMEOUT = 15.0
 _AUTH_AUDIT_BURST = 60
@@ -77,6 +82,33 @@ _ONWARD_CIPHERS = (
     "aes128-gcm@openssh.com", "aes256-gcm@openssh.com", "chacha20-poly1305@openssh.com",
     "aes256-ctr", "aes192-ctr", "aes128-ctr",
 )  # fmt: skip
+
+
+def broker_identity(data_dir: Path) -> str:
+    """This broker's id in a shared store (sessions name the broker that records them): made once, kept in
+    ``DATA_DIR/broker-id``."""
+    path = data_dir / "broker-id"
+    try:
+        text = path.read_text(encoding="ascii").strip()
+    except FileNotFoundError:
+        text = ""
+    except (OSError, UnicodeDecodeError) as exc:
+        raise JitSshError(f"cannot read {path}: {exc}") from exc
+    if text:
+        if not (len(text) <= 64 and text.replace("-", "").replace(".", "").isalnum()):
+            raise JitSshError(f"{path} does not hold a broker id (expected letters, digits, '-' and '.')")
+        return text
+    name = "".join(c for c in socket.gethostname() if c.isalnum() or c in "-.")[:40] or "broker"
+    text = f"{name}-{secrets.token_hex(4)}"
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+        with os.fdopen(fd, "w", encoding="ascii") as handle:
+            handle.write(text + "\n")
+    except FileExistsError:
+        return broker_identity(data_dir)  # another process made it meanwhile
+    except OSError as exc:
+        raise JitSshError(f"cannot write {path}: {exc.strerror}") from exc
+    return text
 
 
 class _OnwardClient(asyncssh.SSHClient):
@@ -108,10 +140,24 @@ class Broker:
             pending_timeout=config.pending_timeout,
         )
         self.notifier = Notifier(config.webhooks)
+        self.broker_id = broker_identity(config.data_dir)
+        self.enforcer = Enforcer(config, self.store, broker_id=self.broker_id)
+        self.isolator = Isolator(
+            config.data_dir / "jobs",
+            Budget(
+                cpu_seconds=config.index_cpu_budget, memory_bytes=config.index_memory,
+                wall_seconds=4 * config.index_cpu_budget + 60,
+            ),
+            workers=config.index_workers,
+        )  # fmt: skip
+        self.indexer: IndexQueue | None = None
+        #: Review queries (search, verify) read much: they get threads of their own, so that a reviewer's
+        #: search never makes an approval or a revocation wait.
+        self.review_pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="jit-ssh-review")
+        self._io_pool = ThreadPoolExecutor(max_workers=8, thread_name_prefix="jit-ssh-io")
         self._server: asyncssh.SSHAcceptor | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
         self._loops: list[asyncio.Task[None]] = []
-        self.live: dict[int, set[ProxySession]] = {}
         #: [window start, audited in window, held back in window] for refused-key audit events.
         self._auth_window: list[float] = [time.monotonic(), 0, 0]
         self.port = 0
@@ -151,6 +197,7 @@ class Broker:
     # -- life ------------------------------------------------------------------------------------
     async def start(self) -> int:
         loop = asyncio.get_running_loop()
+        loop.set_default_executor(self._io_pool)
         if os.environ.get("JIT_SSH_FASTPATH", "1") != "0":  # 0: asyncssh's own packet path (to compare)
             fastpath.install()
         await self.notifier.start()
@@ -162,6 +209,14 @@ class Broker:
         self.authority.listeners.append(listen)
         key, cert = await asyncio.to_thread(self._host_key)
         await asyncio.to_thread(self.publish_krl)
+        # Before recording anything: close what this broker was recording when it last stopped.
+        orphans = await asyncio.to_thread(close_orphans, self.store, self.broker_id)
+        self.indexer = IndexQueue(
+            self.store, self.isolator, workers=self.config.index_workers, notify=self.notifier.notify,
+            run_db=asyncio.to_thread,
+        )  # fmt: skip
+        for session_id in dict.fromkeys([*orphans, *await asyncio.to_thread(self.indexer.unindexed, self.broker_id)]):
+            self.indexer.submit(session_id)
         try:
             self._server = await asyncssh.create_server(
                 self._new_connection,
@@ -184,7 +239,8 @@ class Broker:
             ) from exc
         sockets = self._server.sockets
         self.port = sockets[0].getsockname()[1] if sockets else self.config.listen_port
-        self._loops = [asyncio.create_task(self._sweeper()), asyncio.create_task(self._enforcer())]
+        self.enforcer.start()
+        self._loops = [asyncio.create_task(self._sweeper())]
         log.info("broker listening on %s:%d", self.config.listen_host, self.port)
         return self.port
 
@@ -202,14 +258,17 @@ class Broker:
             self._server.close()
             await self._server.wait_closed()
             self._server = None
-        for sessions in list(self.live.values()):
-            for proxy in list(sessions):
-                proxy.end("the broker is shutting down")
+        for proxy in self.enforcer.sessions():
+            proxy.end("the broker is shutting down")
         for task in self._loops:
             task.cancel()
+        if self.indexer is not None:  # not waited for: what is not indexed now is indexed at the next start
+            await self.indexer.stop()
         # What is left are the session_ended writes: the recordings' digests must reach the store.
         await asyncio.gather(*self._loops, *self._tasks, return_exceptions=True)
+        await self.enforcer.stop()
         await self.notifier.stop()
+        self.review_pool.shutdown(wait=False, cancel_futures=True)
         self.store.dispose()
 
     async def serve_forever(self) -> None:
@@ -234,23 +293,16 @@ class Broker:
             except JitSshError as exc:
                 log.warning("sweep failed: %s", exc)
 
-    # -- enforcement (invariants 5 and 6) --------------------------------------------------------
+    # -- enforcement (invariants 5 and 6: broker/enforcer.py) ------------------------------------
     def register(self, request_id: int, proxy: ProxySession) -> None:
-        self.live.setdefault(request_id, set()).add(proxy)
+        self.enforcer.register(request_id, proxy)
 
     def unregister(self, request_id: int, proxy: ProxySession) -> None:
-        sessions = self.live.get(request_id)
-        if sessions is not None:
-            sessions.discard(proxy)
-            if not sessions:
-                del self.live[request_id]
+        self.enforcer.unregister(request_id, proxy)
 
     def end_grant(self, request_id: int, reason: str) -> int:
         """Cut off every live session of a grant; returns how many."""
-        sessions = list(self.live.get(request_id, ()))
-        for proxy in sessions:
-            proxy.end(reason)
-        return len(sessions)
+        return self.enforcer.end_grant(request_id, reason)
 
     def _request_states(self, ids: list[int]) -> dict[int, str]:
         with self.store.transaction() as session:
@@ -258,38 +310,6 @@ class Broker:
                 select(AccessRequest.id, AccessRequest.state).where(col(AccessRequest.id).in_(ids))
             ).all()
         return {int(rid): state for rid, state in rows if rid is not None}
-
-    async def _enforcer(self) -> None:
-        last_poll = 0.0
-        while True:
-            await asyncio.sleep(_ENFORCE_INTERVAL)
-            now = time.time()
-            idle = self.config.idle_timeout.total_seconds()
-            for request_id, sessions in list(self.live.items()):
-                for proxy in list(sessions):
-                    grant = proxy.client.grant
-                    if grant is None:
-                        continue
-                    if now >= grant.expires_at:
-                        proxy.end(f"grant {request_id} expired: session closed")
-                    elif not proxy.warned and now >= grant.expires_at - self.config.warn_before.total_seconds():
-                        proxy.warned = True
-                        left = int(grant.expires_at - now)
-                        proxy.notice(f"access to {grant.login}@{grant.host} ends in {left} s (request {request_id})")
-                    elif idle and time.monotonic() - proxy.last_activity >= idle:
-                        proxy.end(f"idle for {int(idle)} s: session closed")
-                    elif proxy.recorder is not None:
-                        proxy.flush()
-            if self.live and now - last_poll >= _STATE_POLL:
-                last_poll = now
-                try:
-                    states = await asyncio.to_thread(self._request_states, list(self.live))
-                except StoreError as exc:
-                    log.warning("could not read grant states: %s", exc)
-                    continue
-                for request_id, state in states.items():
-                    if state != RequestState.APPROVED:
-                        self.end_grant(request_id, f"grant {request_id} was {state}: session closed")
 
     # -- the session face ------------------------------------------------------------------------
     def _refuse_session(self, username: str, cert: Certificate, peer: str, reason: str, audit: bool) -> AccessDenied:
@@ -427,7 +447,7 @@ class Broker:
                     id=proxy.session_id, request_id=grant.request_id, user=grant.user, host=grant.host,
                     login=grant.login, kind=proxy.kind, pty=proxy.term is not None, command=proxy.command,
                     client_serial=cert.serial, client_key_id=cert.key_id, onward_serial=onward_serial,
-                    peer=peer, started_at=proxy.started, recording_path=str(path),
+                    peer=peer, started_at=proxy.started, recording_path=str(path), broker_id=self.broker_id,
                 )
             )  # fmt: skip
             append_event(
@@ -466,19 +486,11 @@ class Broker:
                 details={**summary, "recording_sha256": digest, "recording_size": size},
             )  # fmt: skip
         log.info("session %s ended: %s", session_id, json.dumps(summary, default=str))
-        self.index_session(session_id)
 
-    def index_session(self, session_id: str) -> None:
-        """Index a closed recording for review; a failure leaves the recording as it is."""
-        with self.store.transaction() as session:
-            row = session.get(RecordedSession, session_id)
-        if row is None:
-            return
-        try:
-            index = index_recording(Path(row.recording_path), kind=row.kind, command=row.command, pty=row.pty)
-            save_index(self.store, session_id, index)
-        except (OSError, ValueError, ImportError, JitSshError) as exc:
-            log.warning("could not index session %s: %s", session_id, exc)
+    def index_later(self, session_id: str) -> None:
+        """Queue a closed session for its index (in a budgeted process of its own: broker/indexing.py)."""
+        if self.indexer is not None:
+            self.indexer.submit(session_id)
 
     # -- authentication (control face) -----------------------------------------------------------
     def audit_refusal(self, action: str, subject: str, details: dict[str, Any]) -> None:
@@ -545,11 +557,7 @@ class Broker:
             log.warning("could not write %s: %s", target, exc)
 
     def live_session(self, session_id: str) -> ProxySession | None:
-        for sessions in self.live.values():
-            for proxy in sessions:
-                if proxy.session_id == session_id:
-                    return proxy
-        return None
+        return self.enforcer.session(session_id)
 
     async def open_stream(self, user: str, verb: str, args: Mapping[str, Any]) -> tuple[Path, Callable[[], bool]]:
         """Check and audit a replay, export or watch; returns the recording and a 'still live' test."""
@@ -580,7 +588,8 @@ class Broker:
             self.publish_krl()  # the published KRL changes at once (we run in a worker thread here)
 
         ctx = ControlContext(self.authority, user, on_revoke=revoked)
-        reply, code = await asyncio.to_thread(dispatch, ctx, verb, raw)
+        pool = self.review_pool if verb in REVIEW_VERBS else None
+        reply, code = await loop.run_in_executor(pool, dispatch, ctx, verb, raw)
         log.info("control user=%s verb=%s exit=%d ms=%.1f", user, verb[:32], code, (time.monotonic() - started) * 1000)
         return reply, code
 
@@ -678,11 +687,22 @@ class ControlSession(asyncssh.SSHServerSession[bytes]):
                 if text and not await self._write(text.encode()):
                     return
             await self._write(writer.finish().encode())
-        except (OSError, JitSshError) as exc:
-            log.warning("streaming %s failed: %s", path, exc)
+        except Exception as exc:  # noqa: BLE001 - the reviewer must learn the stream is incomplete, not get a hang
+            error = exc if isinstance(exc, JitSshError) else JitSshError(f"cannot read the recording: {exc}")
+            log.warning("streaming %s failed: %s", path, error.message)
+            self._fail_stream(error)
+            return
         if self.chan is not None:
             with contextlib.suppress(OSError, asyncssh.Error):
                 self.chan.exit(0)
+
+    def _fail_stream(self, error: JitSshError) -> None:
+        """A stream cut by an error: the error on stderr (one JSON line) and a non-zero exit status."""
+        if self.chan is None:
+            return
+        with contextlib.suppress(OSError, asyncssh.Error):
+            self.chan.write(json.dumps(error_reply(error)).encode() + b"\n", asyncssh.EXTENDED_DATA_STDERR)
+            self.chan.exit(error.exit_code or 1)
 
     async def _write(self, data: bytes) -> bool:
         """Write with flow control: wait while the client cannot take more. False if it went away."""

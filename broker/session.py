@@ -385,3 +385,4 @@ class ClientConnection(asyncssh.SSHServer):
             log.warning("recording %s could not be closed cleanly: %s", recorder.path, exc)
             size, digest = recorder.size, ""
         await asyncio.to_thread(self.broker.session_ended, session_id, summary, size, digest)
+        self.broker.index_later(session_id)

@@ -62,6 +62,8 @@ class RecordingFile:
         self._fd = fd
         self._digest = hashlib.sha256()
         self.size = 0
+        #: (size, SHA-256) of the file as of the last write, for the broker's checkpoints (set by the thread).
+        self.checkpoint: tuple[int, str] = (0, "")
         #: Bytes handed to the thread and not yet written (read on the loop, changed under the writer's lock).
         self.pending = 0
         self.paused = False
@@ -85,6 +87,7 @@ class RecordingFile:
         try:
             os.fchmod(fd, 0o640)  # whatever the umask
             file._write(compress(first))
+            file.checkpoint = (file.size, file._digest.copy().hexdigest())
         except OSError as exc:
             os.close(fd)
             path.unlink(missing_ok=True)  # a header cut short is no recording; no session ran
@@ -131,6 +134,7 @@ class RecordingFile:
         if data and self.failed is None:
             try:
                 self._write(compress(data))
+                self.checkpoint = (self.size, self._digest.copy().hexdigest())
             except OSError as exc:
                 self._fail(RecordingError(f"cannot write the session recording {self.path}: {exc.strerror}"))
         if close:

@@ -31,6 +31,7 @@ __all__ = [
     "AccessRequest",
     "Approval",
     "AuditEvent",
+    "BrokerProcess",
     "Counter",
     "Host",
     "IssuedCertificate",
@@ -180,6 +181,27 @@ class RecordedSession(SQLModel, table=True):
     #: Legal hold: prune refuses the session while set.
     hold: bool = False
     pruned_at: float | None = None
+    #: What review must look at (JSON list of reasons: out-of-band servers, an index over its budget, ...).
+    flags_json: str | None = None
+    #: Why the recording could not be indexed or read (a loud error: listed, audited, fails verify).
+    index_error: str | None = None
+    #: The broker that recorded the session (it closes its own sessions cut by a crash when it restarts).
+    broker_id: str | None = Field(default=None, index=True, max_length=64)
+    #: Size and SHA-256 of the recording's first bytes, written while it runs: after a crash, the bytes on
+    #: disk up to here must still be these.
+    checkpoint_size: int | None = None
+    checkpoint_sha256: str | None = Field(default=None, max_length=64)
+
+
+class BrokerProcess(SQLModel, table=True):
+    """A broker sharing the store, and when it was last seen alive (its heartbeat)."""
+
+    __tablename__ = "brokers"
+    id: str = Field(primary_key=True, max_length=64)
+    host: str = Field(max_length=253)
+    pid: int
+    started_at: float
+    seen_at: float
 
 
 class SessionCommand(SQLModel, table=True):
@@ -228,9 +250,30 @@ for _table in SQLModel.metadata.tables.values():
         if type(_column.type) is Integer:
             _column.type = BigInteger().with_variant(Integer(), "sqlite")
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+
+
+def _add_columns(session: Session, table: str, columns: dict[str, str]) -> None:
+    for name, ddl in columns.items():
+        session.connection().exec_driver_sql(f"ALTER TABLE {table} ADD COLUMN {name} {ddl}")
+
+
+def _to_version_2(session: Session) -> None:
+    """Review flags, index errors, the recording broker and digest checkpoints; the brokers' heartbeats."""
+    _add_columns(
+        session,
+        "sessions",
+        {
+            "flags_json": "VARCHAR", "index_error": "VARCHAR", "broker_id": "VARCHAR(64)",
+            "checkpoint_size": "BIGINT", "checkpoint_sha256": "VARCHAR(64)",
+        },
+    )  # fmt: skip
+    session.connection().exec_driver_sql("CREATE INDEX ix_sessions_broker_id ON sessions (broker_id)")
+    SQLModel.metadata.tables["brokers"].create(session.connection())
+
+
 #: Steps from version N-1 to N, each run in the upgrade's one transaction. Version 1 is the base.
-MIGRATIONS: dict[int, Callable[[Session], None]] = {}
+MIGRATIONS: dict[int, Callable[[Session], None]] = {2: _to_version_2}
 
 
 class Store:
@@ -242,6 +285,7 @@ class Store:
         self._local_writer: AbstractContextManager[Any] = threading.RLock() if self.is_sqlite else nullcontext()
         try:
             self.engine = self._make_engine()
+            self._read_engine = self._make_read_engine()
             self._upgrade()
         except SQLAlchemyError as exc:
             raise StoreError(f"cannot open the database {self._shown_url()}: {_reason(exc)}") from exc
@@ -272,6 +316,21 @@ class Store:
             # Take the write lock at the start: two brokers can then never both read the same
             # counter value, and nobody meets SQLITE_BUSY half-way through a transaction.
             connection.exec_driver_sql("BEGIN IMMEDIATE")
+
+        return engine
+
+    def _make_read_engine(self) -> Engine:
+        """SQLite: an engine whose transactions are plain reads, not BEGIN IMMEDIATE (PostgreSQL: the same)."""
+        if not self.is_sqlite:
+            return self.engine
+        engine = create_engine(self.url, connect_args={"check_same_thread": False, "timeout": 30})
+
+        @event.listens_for(engine, "connect")
+        def _on_connect(dbapi_connection: Any, _record: Any) -> None:
+            dbapi_connection.isolation_level = None  # each statement on its own: a WAL reader never waits
+            cursor = dbapi_connection.cursor()
+            cursor.execute("PRAGMA busy_timeout=30000")
+            cursor.close()
 
         return engine
 
@@ -314,6 +373,18 @@ class Store:
             finally:
                 session.close()
 
+    @contextmanager
+    def read(self) -> Iterator[Session]:
+        """Reads that never queue behind a write (the enforcer's polls): on SQLite in WAL mode a reader sees
+        the last commit and waits for nobody; it must not write."""
+        session = Session(self._read_engine, expire_on_commit=False)
+        try:
+            yield session
+        except OperationalError as exc:
+            raise StoreError(f"database error: {_reason(exc)}") from exc
+        finally:
+            session.close()
+
     def lock_counter(self, session: Session, name: str) -> Counter:
         """The counter row ``name``, locked for this transaction (created at 0 if missing)."""
         statement = select(Counter).where(Counter.name == name)
@@ -344,6 +415,7 @@ class Store:
 
     def dispose(self) -> None:
         self.engine.dispose()
+        self._read_engine.dispose()
 
 
 def _as_url(url: str | Path) -> str:

@@ -119,6 +119,18 @@ class ControlClient:
                     raise RemoteError(str(error.get("message", "unknown error")), int(error.get("exit_code", 1)))
                 first = False
                 yield line
+            status = await process.wait()
+            if status.exit_status:
+                # The stream stopped on an error (an unreadable recording): what came is incomplete.
+                text = (await process.stderr.read()).decode("utf-8", "replace").strip()
+                try:
+                    error = json.loads(text.splitlines()[0]).get("error") or {}
+                except (IndexError, ValueError, AttributeError):
+                    error = {}
+                message = str(error.get("message") or f"{verb} stopped with exit status {status.exit_status}")
+                raise RemoteError(message, int(error.get("exit_code", 1)))
+        except (OSError, asyncssh.Error) as exc:
+            raise JitSshError(f"the broker connection failed during {verb}: {exc}") from exc
         finally:
             process.close()
 

@@ -72,20 +72,35 @@ def _print_sessions(rows: list[dict[str, Any]]) -> None:
     if not rows:
         console.print("No sessions match.")
         return
-    table = Table("session", "user", "target", "request", "started", "duration", "bytes", "exit", "cmds")
+    table = Table("session", "user", "target", "request", "started", "duration", "bytes", "exit", "cmds", "review")
     for r in rows:
         exit_text = plain(r["exit_signal"] or (r["exit_status"] if r["exit_status"] is not None else "-"))
-        if r["active"]:
+        state = r.get("state", "active" if r["active"] else "ended")
+        if state == "active":
             exit_text = Text("active", style="green")
+        elif state == "cut":
+            exit_text = Text("cut off", style="red")
         table.add_row(
             plain(r["id"]), plain(r["user"]), plain(f"{r['login']}@{r['host']} ({r['kind']})"),
             plain(f"{r['request_id']}: {printable(r.get('reason') or '', limit=30)}"), when(r["started_at"]),
             f"{r['duration']:.0f}s", _size((r["bytes_in"] or 0) + (r["bytes_out"] or 0)), exit_text,
-            plain(r["commands"]),
+            plain(r["commands"]), _review_cell(r),
         )  # fmt: skip
         for match in r.get("matched_commands", [])[:5]:
-            table.add_row("", "", plain(f"  {printable(match['command'], limit=80)}", style="dim"), *[""] * 6)
+            table.add_row("", "", plain(f"  {printable(match['command'], limit=80)}", style="dim"), *[""] * 7)
     console.print(table)
+
+
+def _review_cell(row: dict[str, Any]) -> Text:
+    """What a reviewer must look at: flags, and an index that failed or is incomplete (never silent)."""
+    if row.get("index") == "failed":
+        return Text("UNREADABLE", style="bold red")
+    flags = row.get("flags") or []
+    if flags:
+        return plain(f"{len(flags)} flag{'s' if len(flags) > 1 else ''}: {printable(flags[0], limit=40)}", style="red")
+    if row.get("index") == "partial":
+        return Text("index partial", style="yellow")
+    return Text("")
 
 
 @sessions_app.callback(invoke_without_command=True)
@@ -98,21 +113,28 @@ def sessions(
     request: Annotated[int | None, typer.Option("--request", help="Only sessions of this request.")] = None,
     grep: Annotated[str | None, typer.Option("--grep", help="Regex over the commands run.")] = None,
     grep_output: Annotated[str | None, typer.Option("--grep-output", help="Regex over what was printed.")] = None,
+    flagged: Annotated[
+        bool, typer.Option("--flagged", help="Only sessions flagged for review (out-of-band servers, ...).")
+    ] = False,
     limit: Annotated[int, typer.Option("--limit", help="At most this many.")] = 200,
     config: ConfigOption = None,
     as_json: JsonOption = False,
 ) -> None:
-    """List and search recorded sessions."""
+    """List and search recorded sessions (patterns are RE2 regular expressions).
+
+    --grep searches the commands: run, typed at a terminal, fed to a shell on its input, and environment
+    values; --grep-output what was printed.
+    """
     if ctx.invoked_subcommand is not None:
         return
     store = _local_store(config)
     if store is not None:
         rows = list_sessions(
             store, user=user, host=host, since=parse_since(since) if since else None, active=active,
-            request=request, grep=grep, grep_output=grep_output, limit=limit,
+            request=request, grep=grep, grep_output=grep_output, flagged=flagged, limit=limit,
         )  # fmt: skip
     else:
-        args: dict[str, Any] = {"active": active, "limit": limit}
+        args: dict[str, Any] = {"active": active, "limit": limit, "flagged": flagged}
         for key, value in (("user", user), ("host", host), ("since", since), ("request", request),
                            ("grep", grep), ("grep_output", grep_output)):  # fmt: skip
             if value is not None:
@@ -160,12 +182,18 @@ def _print_detail(detail: dict[str, Any]) -> None:
         ("certificate", f"{c['ca']} serial {c['serial']}: {c['key_id']}{' (revoked)' if c['revoked'] else ''}")
         for c in detail["certificates"]
     ]
+    if detail.get("index_error"):
+        lines.append(("UNREADABLE", detail["index_error"]))
+    lines += [("flag", flag) for flag in detail.get("flags", [])]
+    lines += [("index", f"incomplete: {problem}") for problem in detail.get("index_problems", [])]
+    lines += [("environment", f"{name}={value}") for name, value in (detail.get("environment") or {}).items()]
     for name, value in lines:
         console.print(plain(f"  {name:<12} {value}"))
     if detail["commands_run"]:
         console.print("  commands:")
         for c in detail["commands_run"]:
-            console.print(plain(f"    {c['time']:>9.2f}s  {c['command']}"))
+            how = "" if c.get("source") in (None, "exec", "screen") else f"  ({c['source']})"
+            console.print(plain(f"    {c['time']:>9.2f}s  {c['command']}{how}"))
     if detail["transfers"]:
         console.print("  file transfers:")
         for t in detail["transfers"]:

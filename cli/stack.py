@@ -60,6 +60,7 @@ class LocalStack:
         policy: str | None = None,
         broker_settings: Mapping[str, str] | None = None,
         sshd_config: Sequence[str] = (),
+        config_tail: str = "",
     ) -> None:
         self.root = root
         self.host_names = list(hosts)
@@ -68,6 +69,7 @@ class LocalStack:
         self.policy_text = (policy or DEFAULT_POLICY).replace("{login}", self.login)
         self.broker_settings = dict(broker_settings or {})
         self.sshd_config = list(sshd_config)
+        self.config_tail = config_tail  # more of broker.toml after [broker], e.g. [[webhook]] tables
         self.hosts: dict[str, LocalSshd] = {}
         self.broker: subprocess.Popen[bytes] | None = None
         self.port = 0
@@ -101,7 +103,7 @@ class LocalStack:
             "policy": '"policy.toml"',
             **self.broker_settings,
         }
-        body = "[broker]\n" + "".join(f"{k} = {v}\n" for k, v in settings.items())
+        body = "[broker]\n" + "".join(f"{k} = {v}\n" for k, v in settings.items()) + self.config_tail
         self.config.write_text(body, encoding="utf-8")
         self.data_dir.mkdir(exist_ok=True)
         store = Store(f"sqlite:///{self.data_dir / 'jit-ssh.db'}")
@@ -192,6 +194,11 @@ class LocalStack:
             "XDG_CACHE_HOME": str(home / "cache"),
             "COLUMNS": "200",
         }
+
+    @staticmethod
+    def jit_argv() -> list[str]:
+        """The ``jit-ssh`` CLI as a command line (run it with :meth:`user_env`)."""
+        return [sys.executable, "-m", "jit_ssh.cli"]
 
     def jit(
         self, user: str, *args: str, check: bool = False, stdin: str | None = None, timeout: float = 60

@@ -34,8 +34,12 @@ __all__ = [
     "asciicast",
     "audit_events",
     "cached_certificate",
+    "cli_json",
     "ended_session",
     "forge_certificate",
+    "grep_ids",
+    "indexed",
+    "just_before",
     "last_audit_seq",
     "metadata",
     "read_certificate",
@@ -50,6 +54,11 @@ __all__ = [
 ]
 
 TIMEOUT = 60.0
+
+
+def just_before() -> float:
+    """A moment just before now: rows started from here on are the ones a test makes next."""
+    return time.time() - 0.01
 
 
 def wait_for(predicate: Callable[[], Any], *, timeout: float = 30.0, what: str = "a condition") -> Any:
@@ -324,3 +333,26 @@ def started_stack(root: Path, **kwargs: Any) -> Iterator[LocalStack]:
     with LocalStack(root, **kwargs) as stack:
         stack.start_broker()
         yield stack
+
+
+# -- review, as a reviewer sees it ---------------------------------------------------------------------
+def cli_json(result: subprocess.CompletedProcess[str]) -> Any:
+    assert result.returncode == 0, result.stderr
+    return json.loads(result.stdout)
+
+
+def indexed(stack: LocalStack, session_id: str, *, timeout: float = 60.0) -> dict[str, Any]:
+    """The session's row once its index is written (just after its end); not a timing assertion."""
+
+    def done() -> dict[str, Any] | None:
+        rows = [r for r in session_rows(stack) if r["id"] == session_id]
+        return rows[0] if rows and rows[0]["index_json"] else None
+
+    row: dict[str, Any] = wait_for(done, timeout=timeout, what=f"the index of session {session_id}")
+    return row
+
+
+def grep_ids(stack: LocalStack, pattern: str, *, output: bool = False, reviewer: str = "bob") -> set[str]:
+    """The sessions ``jit-ssh sessions --grep`` (or ``--grep-output``) finds for a reviewer."""
+    option = "--grep-output" if output else "--grep"
+    return {row["id"] for row in cli_json(stack.jit(reviewer, "sessions", option, pattern, "--json"))}

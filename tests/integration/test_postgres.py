@@ -29,6 +29,7 @@ from jit_ssh.ca.store import AuditEvent, Counter, IssuedCertificate, Store, User
 from jit_ssh.ca.workflow import Authority, RequestState
 from sqlmodel import col, select
 
+from tests.integration.test_store_migration import as_version_1, check_upgraded
 from tests.integration.test_workflow import KEYS, Clock, make_authority
 
 psycopg = pytest.importorskip(
@@ -257,3 +258,9 @@ def test_integers_are_64_bits_as_on_sqlite(pg_url: str, user_ca: KeySigner) -> N
     with authority.store.transaction() as session:
         assert authority.store.next_serial(session) == 2**62 + 1
     authority.store.dispose()
+
+
+def test_a_version_1_database_is_upgraded_keeping_its_data(pg_url: str) -> None:
+    as_version_1(pg_url)
+    check_upgraded(pg_url)
+    check_upgraded(pg_url)
