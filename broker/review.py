@@ -109,7 +109,8 @@ def index_recording(path: Path, *, kind: str, command: str | None, pty: bool) ->
         _, frames_again, _ = read_recording(path)
         width, height = int(header.get("width") or 80), int(header.get("height") or 24)
         for typed in reconstruct_commands(frames_again, width=width, height=height):
-            index.commands.append((typed.time, typed.command, typed.source))
+            source = typed.source if typed.echo else "keys-noecho"  # typed blind: say so to reviewers
+            index.commands.append((typed.time, typed.command, source))
     return index
 
 
