@@ -9,9 +9,23 @@ Two readings are combined at each press of Enter:
   wrapped rows, just before the shell's newline after Enter (or as it was at Enter if no newline
   comes before the next key, as with echo off).
 
-The screen reading wins when it is non-empty, and always over unreliable keys; the keys serve when the
-screen cannot be read. A line the screen shows *empty* although keys were typed was not echoed (a
-password at a ``sudo`` prompt): it is left out unless ``include_unechoed``.
+Which reading is kept, line by line (:meth:`_Line.choose`):
+
+* The screen shows the keys' line: one entry, ``"screen"``. Unreliable keys: the screen alone when it
+  can be read (those keys are known to be wrong), the keys when it cannot.
+* Reliable keys, and the screen shows something else. If it starts as the line does, the shell edited
+  it in a way the model does not know (vi mode, a custom binding): both are kept, ``"screen"`` and
+  ``"keys"``, so that a search finds the command either way. Otherwise the screen does not show this
+  line, and the keys alone are kept: it was typed ahead of the prompt, while output was still printing
+  or during the login banner, and the reading has that output, or the prompt glued on
+  (``root@vm:/root# echo …``, ``croot@vm…`` when the terminal driver echoed the first key before the
+  prompt came).
+* Typed with echo off: the screen shows nothing of the line where it was typed (bash after ``stty
+  -echo``, a password prompt, a shell without readline), nothing came back between its first key and
+  Enter, and its text is not in the output that came after Enter, before the next key (typed ahead,
+  the terminal driver echoes it there, after what was printing). The keys are kept with
+  ``echo=False``: a line typed blind may be a command, so it is indexed, passwords included
+  (docs/security.md).
 
 Approximated, by design:
 
@@ -19,7 +33,10 @@ Approximated, by design:
   came), so the cost does not grow with the output. The prompt line comes out right, rows above may not.
 * Typing begins where the cursor is when a line's first key arrives: for keys typed ahead of the
   prompt, the wrong place. The prompt's text is checked at Enter (and looked for above the cursor);
-  the keys serve when it is not found.
+  the keys serve when it is not found, and when the reading does not start as the line does.
+* An empty reading at Enter that no output ever followed (lines typed ahead before the shell
+  answered) says nothing about echo: it counts as unread. A line typed blind over several input
+  events while output was printing is indexed but not marked.
 * Only a line begun at the start of an input event is read off the screen; further lines in the same
   event (a pasted script) and multi-line pastes come from the keys alone.
 * Every line entered is reported, whatever read it: a shell, ``mysql``, an editor. A row continues
@@ -44,6 +61,7 @@ from .keystrokes import LineEditor, key_tokens, printable
 __all__ = ["TypedCommand", "reconstruct_commands"]
 
 _TAIL = 16 * 1024  # output bytes fed to the emulator before a keystroke, at most
+_ECHO_WATCH, _ECHO_NEEDLE = 1024 * 1024, 64  # output searched for a line's late echo, and how much of the line
 _MAX_COLUMNS, _MAX_LINES = 1000, 500  # a hostile resize must not make the emulator allocate much
 _SIZE = re.compile(rb"(\d{1,9})x(\d{1,9})")
 
@@ -55,12 +73,12 @@ class TypedCommand:
     time: float  #: seconds since the start of the recording, when Enter was pressed
     command: str  #: the command line as finally run
     source: str  #: ``"screen"`` (read off the emulated terminal) or ``"keys"`` (keystroke reconstruction)
+    echo: bool = True  #: ``False``: typed while the terminal did not echo (the screen showed none of it)
 
 
-def reconstruct_commands(
-    frames: Iterable[Frame], *, width: int = 80, height: int = 24, include_unechoed: bool = False
-) -> list[TypedCommand]:
-    """The command lines entered in a recorded terminal session, in order; see the module docstring."""
+def reconstruct_commands(frames: Iterable[Frame], *, width: int = 80, height: int = 24) -> list[TypedCommand]:
+    """The command lines entered in a recorded terminal session, in order (a line read two ways gives
+    two entries with the same time); see the module docstring."""
     tracker = _Tracker(width, height)
     for frame in frames:
         if frame.code in ("o", "e"):
@@ -69,8 +87,8 @@ def reconstruct_commands(
             tracker.keys(frame.time, frame.payload)
         elif frame.code == "r":
             tracker.resize(frame.payload)
-    commands = (line.choose(include_unechoed=include_unechoed) for line in tracker.lines)
-    return [command for command in commands if command is not None]
+    tracker.settle()
+    return [command for line in tracker.lines for command in line.choose()]
 
 
 # -- the screen --------------------------------------------------------------------------------------
@@ -117,17 +135,30 @@ class _Line:
     unreliable: bool
     multiline: bool
     anchor: _Anchor | None
+    silent: bool  # no output came between its first key and Enter (always so for a line sent at once)
     screen: str | None = None
+    echoed_late: bool = False  # its text came in the output after Enter (a terminal driver's echo)
 
-    def choose(self, *, include_unechoed: bool) -> TypedCommand | None:
+    def choose(self) -> list[TypedCommand]:
         keys = self.keys.strip()
         # only printable characters: no bidi overrides or the like where reviewers read the commands
         screen = None if self.screen is None else printable(self.screen).strip()
-        if screen and (self.unreliable or not self.multiline):
-            return TypedCommand(self.time, screen, "screen")
-        if screen == "" and not include_unechoed:
-            return None  # typed but not shown: echo was off
-        return TypedCommand(self.time, keys, "keys") if keys else None
+        # Where the screen shows nothing of the line: echo was off if nothing ever came back for it.
+        echo = self.echoed_late or not self.silent
+        if screen == "":
+            return [TypedCommand(self.time, keys, "keys", echo=echo)] if keys else []
+        if self.unreliable:
+            text, source = (screen, "screen") if screen else (keys, "keys")
+            return [TypedCommand(self.time, text, source)] if text else []
+        if not keys:
+            return []  # reliable keys typed nothing: what the screen shows there is not this line
+        if screen == keys:
+            return [TypedCommand(self.time, screen, "screen")]
+        if screen is None or self.multiline or screen.endswith(keys):
+            return [TypedCommand(self.time, keys, "keys")]
+        if screen[0] == keys[0]:
+            return [TypedCommand(self.time, screen, "screen"), TypedCommand(self.time, keys, "keys")]
+        return [TypedCommand(self.time, keys, "keys", echo=echo)]
 
 
 class _Tracker:
@@ -145,10 +176,18 @@ class _Tracker:
         self.anchor: _Anchor | None = None
         self.pending: _Line | None = None  # Enter was pressed; read the line when the shell's newline comes
         self.pending_fed = 0
+        # Until the next key, the last line read off the screen is looked for in the output: typed
+        # ahead, the terminal driver echoes it after whatever was printing; typed blind, it never shows.
+        self.watch: tuple[_Line, bytes] | None = None
+        self.watch_tail, self.watch_left = b"", 0
         self.lines: list[_Line] = []
+        self.printed = self.line_start = 0  # output bytes so far, and at the first key of the line being typed
 
     # output
     def output(self, data: bytes) -> None:
+        self.printed += len(data)
+        if self.watch is not None:
+            self._watch(*self.watch, data)
         line = self.pending
         if line is not None and line.anchor is not None:
             newline = data.find(b"\n")
@@ -167,6 +206,17 @@ class _Tracker:
             while len(self.chunks) > 1 and self.buffered - len(self.chunks[0]) >= _TAIL:
                 self.buffered -= len(self.chunks.popleft())
                 self.overflow = True
+
+    def _watch(self, line: _Line, needle: bytes, data: bytes) -> None:
+        window = self.watch_tail + data[: self.watch_left]
+        self.watch_left -= len(data)
+        if needle in window:
+            line.echoed_late = True
+            self.watch = None
+        elif self.watch_left <= 0:
+            self.watch = None
+        else:  # the needle may straddle two chunks
+            self.watch_tail = window[max(0, len(window) - len(needle) + 1) :]
 
     def _feed(self, data: bytes) -> None:
         text, _ = self.decoder.decode(data)
@@ -201,24 +251,37 @@ class _Tracker:
             self.epoch += 1  # pyte drops rows from the top when shrinking: find the prompt again
 
     # input
+    def settle(self) -> None:
+        """A key came, or the recording ended: the last line entered stays as read, and its echo is no
+        longer looked for. An empty reading that no output followed proves nothing: it counts as unread."""
+        if self.pending is not None and self.pending_fed == 0 and self.pending.screen == "":
+            self.pending.screen = None
+        self.pending = self.watch = None
+
     def keys(self, time: float, payload: bytes) -> None:
-        self.pending = None
+        self.settle()
         self._flush()
         text, _ = self.input.decode(payload)
         tokens, self.partial_key = key_tokens(text, self.partial_key)
         for index, token in enumerate(tokens):
-            if index == 0 and not self.editor.touched:
-                self.anchor = self._anchor()
+            if not self.editor.touched:
+                self.line_start = self.printed
+                if index == 0:
+                    self.anchor = self._anchor()
             ending = self.editor.apply(token)
             if ending == "enter":
                 editor = self.editor
-                line = _Line(time, editor.text, editor.unreliable, editor.multiline, self.anchor)
+                silent = self.line_start == self.printed
+                line = _Line(time, editor.text, editor.unreliable, editor.multiline, self.anchor, silent)
                 self.lines.append(line)
                 if line.anchor is not None:
                     # Read now, and again at the shell's newline once the echo of this batch has come.
                     # Without a newline (echo off: ``read -s`` prints none) the reading now stands.
                     line.screen = self._read(line.anchor)
                     self.pending, self.pending_fed = line, 0
+                    needle = line.keys.strip().encode()[:_ECHO_NEEDLE]
+                    if needle:
+                        self.watch, self.watch_tail, self.watch_left = (line, needle), b"", _ECHO_WATCH
             if ending is not None:
                 self.editor.reset()
                 self.anchor = None

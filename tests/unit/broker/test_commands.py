@@ -2,11 +2,15 @@
 
 The bash sessions are recorded byte for byte as the broker would: bash --norc -i on a pty, TERM=xterm,
 a pre-seeded history file, keystrokes written one event at a time (some in bursts) and every read of
-the output kept with its time. The commands must come out as bash ran them.
+the output kept with its time. The commands must come out as bash ran them, also where the screen does
+not show them where they were typed: typed with echo off (marked), while output was still printing,
+before the prompt came back, or during a login banner (keys the broker recorded before the host's
+shell was there).
 """
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import itertools
 import os
@@ -45,6 +49,11 @@ def lines_of(commands: list[TypedCommand]) -> list[str]:
     return [c.command for c in commands]
 
 
+def readings(frames: list[Frame]) -> list[tuple[str, str, bool]]:
+    """Each command reconstructed from ``frames``: its text, what read it, and whether it was echoed."""
+    return [(c.command, c.source, c.echo) for c in reconstruct_commands(frames)]
+
+
 # -- a real bash ---------------------------------------------------------------------------------------
 
 
@@ -56,66 +65,124 @@ class NoPrompt(bytes):
     """An Enter after which no prompt comes (the program reads on, or the shell exits)."""
 
 
-def record_bash(script: list[bytes], home: Path, *, columns: int = 80, rows: int = 24) -> list[Frame]:
-    """Run bash --norc -i under a pty, type ``script`` (one input event per item) and record everything."""
-    master, slave = os.openpty()
-    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", rows, columns, 0, 0))
-    (home / "inputrc").write_text("")  # readline's defaults, whatever /etc/inputrc says
-    env = {
-        "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
-        "TERM": "xterm",
-        "PS1": "$ ",
-        "HISTFILE": str(home / "history"),
-        "INPUTRC": str(home / "inputrc"),
-        "HOME": str(home),
-        "LANG": "C.UTF-8",
-    }
-    bash = shutil.which("bash")
-    assert bash is not None
-    proc = subprocess.Popen(
-        [bash, "--norc", "--noprofile", "-i"], stdin=slave, stdout=slave, stderr=slave, env=env, cwd=home,
-        start_new_session=True,
-    )  # fmt: skip
-    os.close(slave)
-    frames: list[Frame] = []
-    t0 = time.monotonic()
+class Terminal:
+    """A program on a pty, recorded as the broker records a session: every write of keys an input frame,
+    every read of output an output frame, in the order the two happened."""
 
-    def drain(*, first: float, prompt: bool) -> None:
+    def __init__(self, argv: list[str], home: Path, *, columns: int = 80, rows: int = 24, **env: str) -> None:
+        self.master, slave = os.openpty()
+        fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", rows, columns, 0, 0))
+        (home / "inputrc").write_text("")  # readline's defaults, whatever /etc/inputrc says
+        env = {
+            "PATH": os.environ.get("PATH", "/usr/bin:/bin"), "TERM": "xterm", "PS1": "$ ",
+            "HISTFILE": str(home / "history"), "INPUTRC": str(home / "inputrc"), "HOME": str(home),
+            "LANG": "C.UTF-8", **env,
+        }  # fmt: skip
+        self.proc = subprocess.Popen(
+            argv, stdin=slave, stdout=slave, stderr=slave, env=env, cwd=home, start_new_session=True
+        )
+        os.close(slave)
+        self.frames: list[Frame] = []
+        self.unread = b""  # output read by read_until past the marker it waited for
+        self.t0 = time.monotonic()
+
+    def record(self, keys: bytes) -> None:
+        """Keys as the broker received and recorded them; :meth:`write` delivers them to the program."""
+        self.frames.append(Frame("i", time.monotonic() - self.t0, keys))
+
+    def write(self, keys: bytes) -> None:
+        os.write(self.master, keys)
+
+    def type(self, keys: bytes) -> None:
+        self.record(keys)
+        self.write(keys)
+
+    def _read(self, timeout: float) -> bytes | None:
+        """One read of output (recorded), ``None`` after ``timeout`` without any, ``b""`` at the end."""
+        ready, _, _ = select.select([self.master], [], [], timeout)
+        if not ready:
+            return None
+        try:
+            data = os.read(self.master, 65536)
+        except OSError:  # EIO: the program exited
+            return b""
+        if data:
+            self.frames.append(Frame("o", time.monotonic() - self.t0, data))
+        return data
+
+    def read_until(self, marker: bytes) -> None:
+        """Read output until ``marker`` comes (after the previous marker); fails after 10 s without it."""
+        seen, deadline = self.unread, time.monotonic() + 10
+        while marker not in seen:
+            data = self._read(max(0.0, deadline - time.monotonic()))
+            if not data:
+                raise AssertionError(f"{marker!r} never came; output so far ends {seen[-300:]!r}")
+            seen += data
+        self.unread = seen[seen.index(marker) + len(marker) :]
+
+    def output_queued(self) -> None:
+        """Wait, without reading, until output waits to be read: keys written now are echoed after it."""
+        ready, _, _ = select.select([self.master], [], [], 10)
+        assert ready, "no output came"
+
+    def drain(self, *, first: float, prompt: bool) -> None:
         """Keep the output until the next prompt, or until it pauses (every echoed key makes readline
         write something: wait for that first)."""
         timeout, seen, deadline = first, b"", time.monotonic() + 10
+        self.unread = b""
         while time.monotonic() < deadline:
-            ready, _, _ = select.select([master], [], [], timeout)
-            if not ready:
+            data = self._read(timeout)
+            if data is None:
                 if prompt:
                     continue
                 return
-            try:
-                data = os.read(master, 65536)
-            except OSError:  # EIO: bash exited
-                return
             if not data:
                 return
-            frames.append(Frame("o", time.monotonic() - t0, data))
             seen = (seen + data)[-16:]
             if prompt and seen.endswith(b"$ "):
                 return
             timeout = 0.01
 
-    try:
-        drain(first=3.0, prompt=True)
+    def enter(self, line: bytes, *markers: bytes) -> None:
+        """Type ``line`` and Enter in one input event, then read until each of ``markers`` in turn."""
+        self.type(line + ENTER)
+        for marker in markers:
+            self.read_until(marker)
+
+    def exit(self) -> None:
+        self.enter(b"exit", b"exit\r\n")
+
+    def __enter__(self) -> Terminal:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Wait for the program to exit (after a failure it will not: kill it, and let the failure show)."""
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self.proc.wait(timeout=10)
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+        os.close(self.master)
+
+
+def bash(home: Path, *, columns: int = 80, rows: int = 24) -> Terminal:
+    path = shutil.which("bash")
+    assert path is not None
+    return Terminal([path, "--norc", "--noprofile", "-i"], home, columns=columns, rows=rows)
+
+
+def record_bash(script: list[bytes], home: Path, *, columns: int = 80, rows: int = 24) -> list[Frame]:
+    """Run bash --norc -i under a pty, type ``script`` (one input event per item) and record everything."""
+    with bash(home, columns=columns, rows=rows) as term:
+        term.drain(first=3.0, prompt=True)
         for chunk in script:
-            frames.append(Frame("i", time.monotonic() - t0, chunk))
-            os.write(master, chunk)
+            term.type(chunk)
             silent, enter = isinstance(chunk, Silent), b"\r" in chunk and not isinstance(chunk, NoPrompt)
-            drain(first=0.1 if silent else 3.0, prompt=enter)
-        proc.wait(timeout=10)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-        os.close(master)
-    return frames
+            term.drain(first=0.1 if silent else 3.0, prompt=enter)
+    return term.frames
 
 
 needs_bash = pytest.mark.skipif(shutil.which("bash") is None, reason="needs bash")
@@ -137,7 +204,7 @@ def bash_session(tmp_path_factory: pytest.TempPathFactory) -> tuple[list[Frame],
         *typed("echo wrld"), LEFT, LEFT, LEFT, b"o", ENTER,  # an insertion in the middle
         b"sleep 100", CTRL_C,  # abandoned: never run
         UP, UP, UP, UP, UP, ENTER,  # "echo hello world" again, five back (the abandoned line is not in history)
-        *typed("read -s secret"), NoPrompt(ENTER), Silent(b"hunter2"), Silent(ENTER),  # a password: never indexed
+        *typed("read -s secret"), NoPrompt(ENTER), Silent(b"hunter2"), Silent(ENTER),  # a password: kept, marked
         b"seq 1 20000\r",  # far more output than the emulator is fed
         *typed("echo after-big-output"), ENTER,
         NoPrompt(b"exit\r"),
@@ -154,6 +221,7 @@ EXPECTED = [
     "echo world",
     "echo hello world",
     "read -s secret",
+    "hunter2",
     "seq 1 20000",
     "echo after-big-output",
     "exit",
@@ -168,23 +236,25 @@ def test_bash_session_commands_as_finally_run(bash_session: tuple[list[Frame], P
     assert times == sorted(times)
     enters = [f.time for f in frames if f.code == "i" and f.payload.endswith(b"\r")]
     assert set(times) <= set(enters)
-    assert {c.source for c in commands} == {"screen"}
+    # History and Tab are read off the screen; only the password typed with echo off comes from the keys.
+    assert [(c.command, c.source) for c in commands if c.source != "screen" or not c.echo] == [("hunter2", "keys")]
+    assert [c.echo for c in commands].count(False) == 1
 
 
 def test_bash_session_keys_alone_miss_history_and_tab(bash_session: tuple[list[Frame], Path]) -> None:
     frames, home = bash_session
     inputs_only = [f for f in frames if f.code == "i"]
-    found = lines_of(reconstruct_commands(inputs_only, include_unechoed=True))
+    found = lines_of(reconstruct_commands(inputs_only))
     assert "again" in found  # the up arrow is invisible to keystrokes
     assert f"cat {home}/depl" in found  # and so is the completion
     assert "hunter2" in found  # only the screen shows it was never echoed
 
 
-def test_bash_session_password_only_with_include_unechoed(bash_session: tuple[list[Frame], Path]) -> None:
+def test_bash_session_password_is_kept_marked_as_typed_with_echo_off(bash_session: tuple[list[Frame], Path]) -> None:
+    # Deliberate (docs/security.md): what was typed blind may be a command, so it is indexed, marked.
     frames, _ = bash_session
-    assert "hunter2" not in lines_of(reconstruct_commands(frames))
-    commands = reconstruct_commands(frames, include_unechoed=True)
-    assert TypedCommand(commands[8].time, "hunter2", "keys") == commands[8]
+    commands = reconstruct_commands(frames)
+    assert TypedCommand(commands[8].time, "hunter2", "keys", echo=False) == commands[8]
 
 
 def test_bash_session_through_the_recording_format(bash_session: tuple[list[Frame], Path], tmp_path: Path) -> None:
@@ -229,6 +299,160 @@ def test_bash_long_lines_wrap_on_a_narrow_terminal(tmp_path: Path) -> None:
     assert lines_of(commands) == [long, "echo short", "exit"]
 
 
+# -- keys the screen does not show where typing began: echo off, type-ahead, a login banner ------------
+
+BANNER = (
+    "Last login: Mon Nov 30 02:52:42 2026 from 127.0.0.1\n\n"
+    "The programs included with the Debian GNU/Linux system are free software;\n"
+    "the exact distribution terms for each program are described in the\n"
+    "individual files in /usr/share/doc/*/copyright.\n\n"
+    "Debian GNU/Linux comes with ABSOLUTELY NO WARRANTY, to the extent\npermitted by applicable law.\n"
+)
+
+
+@pytest.mark.parametrize("shell", ["bash", "dash"])
+def test_lines_typed_with_echo_off_come_out_marked(tmp_path: Path, shell: str) -> None:
+    # bash's readline shows none of the keys. dash has no readline: the terminal driver edits the line
+    # and shows not even the newline, so the command's output lands where the line would have been.
+    path = shutil.which(shell)
+    if path is None:
+        pytest.skip(f"needs {shell}")
+    with Terminal([path, "--norc", "--noprofile", "-i"] if shell == "bash" else [path, "-i"], tmp_path) as term:
+        term.read_until(b"$ ")
+        term.enter(b"stty -echo", b"$ ")
+        for char in "echo blind-$((7*7))":  # typed blind, one key at a time
+            term.type(char.encode())
+        term.type(ENTER)
+        term.read_until(b"blind-49\r\n")
+        term.read_until(b"$ ")
+        term.enter(b"stty echo", b"$ ")
+        term.exit()
+    assert readings(term.frames) == [
+        ("stty -echo", "screen", True),
+        ("echo blind-$((7*7))", "keys", False),
+        ("stty echo", "keys", False),
+        ("exit", "screen", True),
+    ]
+
+
+@needs_bash
+def test_bash_line_typed_while_output_is_still_printing(tmp_path: Path) -> None:
+    with bash(tmp_path) as term:
+        term.read_until(b"$ ")
+        term.type(b"seq 1 20000\r")
+        term.read_until(b"\n1000\r\n")  # seq is printing; unread, its output soon fills the pty and it waits
+        term.output_queued()
+        term.enter(b"echo typed-ahead-$((6*6))", b"typed-ahead-36\r\n", b"$ ")
+        term.exit()
+    keys_at = next(n for n, f in enumerate(term.frames) if f.payload.startswith(b"echo typed-ahead"))
+    assert b"20000" in b"".join(f.payload for f in term.frames[keys_at:])  # typed ahead of seq's end
+    assert readings(term.frames) == [
+        ("seq 1 20000", "screen", True),
+        ("echo typed-ahead-$((6*6))", "keys", True),
+        ("exit", "screen", True),
+    ]
+
+
+@needs_bash
+def test_bash_key_echoed_before_the_prompt_is_not_glued_to_it(tmp_path: Path) -> None:
+    # The first key of a line arrives while a command still runs: the terminal driver echoes it at
+    # once, the prompt follows it on the same row, and readline echoes the key again after the prompt.
+    with bash(tmp_path) as term:
+        term.read_until(b"$ ")
+        term.type(b"echo waiting-$((2+2)); until [ -e go ]; do sleep 0.01; done\r")
+        term.read_until(b"waiting-4\r\n")  # readline has given the terminal back: the driver echoes keys
+        term.type(b"e")
+        term.read_until(b"e")
+        (tmp_path / "go").touch()
+        term.read_until(b"$ e")
+        term.enter(b"cho glued-$((8*8))", b"glued-64\r\n", b"$ ")
+        term.exit()
+    assert readings(term.frames) == [
+        ("echo waiting-$((2+2)); until [ -e go ]; do sleep 0.01; done", "screen", True),
+        ("echo glued-$((8*8))", "keys", True),
+        ("exit", "screen", True),
+    ]
+
+
+@needs_bash
+@pytest.mark.parametrize("banner", [BANNER, BANNER[BANNER.index("\n") + 1 :]], ids=["last-login", "motd-only"])
+def test_bash_line_typed_during_the_login_banner(tmp_path: Path, banner: str) -> None:
+    # The broker records keys sent at once after connecting; the host's shell is not there yet. They
+    # reach it while sshd prints "Last login:" and the motd, and bash reads them at its first prompt.
+    # Without "Last login:" (a first login) the motd's first line is empty: that is not echo off.
+    path = shutil.which("bash")
+    assert path is not None
+    login = 'printf "%s" "$BANNER"; PS1="$ " exec bash --norc --noprofile -i'
+    with Terminal([path, "--norc", "--noprofile", "-c", login], tmp_path, BANNER=banner) as term:
+        term.record(b"echo typed-at-login-$((5*5))\n")  # ssh's cooked local terminal made Enter a newline
+        term.read_until(b"applicable law.\r\n")
+        term.write(b"echo typed-at-login-$((5*5))\n")
+        term.read_until(b"typed-at-login-25\r\n")
+        term.read_until(b"$ ")
+        term.exit()
+    assert readings(term.frames) == [
+        ("echo typed-at-login-$((5*5))", "keys", True),
+        ("exit", "screen", True),
+    ]
+
+
+def test_lines_typed_ahead_before_any_echo_are_not_taken_for_unechoed() -> None:
+    # Two lines sent before the shell answered the first: nothing on the screen at either Enter
+    # says echo was off; the shell echoes both later.
+    frames = [Frame("o", 0.0, b"$ "), *keys(b"sleep 1\r", b"echo next\r")]
+    frames.append(Frame("o", 1.5, b"sleep 1\r\n$ echo next\r\nnext\r\n$ "))
+    commands = reconstruct_commands(frames)
+    assert [(c.command, c.echo) for c in commands] == [("sleep 1", True), ("echo next", True)]
+
+
+def test_a_line_typed_ahead_at_the_end_of_an_output_row_is_not_taken_for_unechoed() -> None:
+    # Keys arrive just after "1450": the reading there is empty, as after a prompt with echo off, but
+    # the terminal driver echoes the line after the rest of what was printing.
+    printed = b"".join(b"%d\r\n" % n for n in range(1, 1450)) + b"1450"
+    frames = [Frame("o", 0.0, b"$ seq 1 3000\r\n" + printed), *keys(b"echo ahead\r", start=0.5)]
+    frames.append(Frame("o", 0.6, b"".join(b"\r\n%d" % n for n in range(1451, 2000)) + b"\r\necho ahead\r\n"))
+    frames.append(Frame("o", 0.7, b"".join(b"%d\r\n" % n for n in range(2000, 3001)) + b"$ echo ahead\r\nahead\r\n$ "))
+    assert reconstruct_commands(frames) == [TypedCommand(0.5, "echo ahead", "keys")]
+
+
+def test_lines_typed_blind_ahead_of_the_prompt_are_marked() -> None:
+    # Frames of a real session through the broker: each line was sent before the prompt came back.
+    prompt = b"\x1b[?2004hroot@vm:/root# "
+    frames = [Frame("o", 0.0, prompt), Frame("i", 0.1, b"stty -echo; echo echo-off-$((1+1))\r")]
+    frames += [
+        Frame("o", 0.11, b"stty -echo; echo echo-off-$((1+1))\r\n\x1b[?2004l\r"),
+        Frame("o", 0.12, b"echo-off-2\r\n"),
+    ]
+    frames += [Frame("i", 0.13, b"echo blind-$((7*7))\r"), Frame("o", 0.14, prompt)]
+    frames += [Frame("o", 0.15, b"\x1b[?2004l\r\r\n"), Frame("o", 0.16, b"blind-49\r\n")]
+    frames += [Frame("i", 0.17, b"stty echo; exit\r"), Frame("o", 0.18, prompt + b"\x1b[?2004l\r\r\nlogout\r\n")]
+    assert [(c.command, c.echo) for c in reconstruct_commands(frames)] == [
+        ("stty -echo; echo echo-off-$((1+1))", True),
+        ("echo blind-$((7*7))", False),
+        ("stty echo; exit", False),
+    ]
+
+
+def test_a_blind_line_stays_marked_when_its_text_is_typed_again_later() -> None:
+    frames = [Frame("o", 0.0, b"Password: "), *keys(b"s3cret\r"), Frame("o", 1.05, b"\r\n$ ")]
+    frames += [*keys(b"echo s3cret", start=2.0), Frame("o", 2.05, b"echo s3cret")]
+    frames += [*keys(ENTER, start=3.0), Frame("o", 3.05, b"\r\ns3cret\r\n$ ")]
+    assert reconstruct_commands(frames) == [
+        TypedCommand(1.0, "s3cret", "keys", echo=False),
+        TypedCommand(3.0, "echo s3cret", "screen"),
+    ]
+
+
+def test_a_line_the_screen_shows_differently_is_indexed_both_ways() -> None:
+    # A key binding the model does not know of (here, Ctrl-W killing a word, not up to a blank, as
+    # `bind '"\C-w": backward-kill-word'` makes it): the screen and the keys disagree; both are kept.
+    frames = [Frame("o", 0.0, b"$ "), *keys(b"ls /var/log")]
+    frames += [Frame("o", 1.05, b"ls /var/log"), *keys(CTRL_W, start=1.1), Frame("o", 1.15, b"\b\b\b   \b\b\b")]
+    frames += [*keys(ENTER, start=1.2), Frame("o", 1.25, b"\r\n$ ")]
+    commands = reconstruct_commands(frames)
+    assert [(c.command, c.source) for c in commands] == [("ls /var/", "screen"), ("ls", "keys")]
+
+
 # -- keystroke editing (no screen to read) ----------------------------------------------------------------
 
 
@@ -251,29 +475,29 @@ def test_bash_long_lines_wrap_on_a_narrow_terminal(tmp_path: Path) -> None:
     ],
 )
 def test_line_editing(chunks: list[bytes], expected: str) -> None:
-    commands = reconstruct_commands(keys(*chunks), include_unechoed=True)
+    commands = reconstruct_commands(keys(*chunks))
     assert lines_of(commands) == ([expected] if expected else [])
     assert all(c.source == "keys" for c in commands)
 
 
 def test_ctrl_c_abandons_the_line() -> None:
-    commands = reconstruct_commands(keys(*typed("rm -rf /"), CTRL_C, *typed("ls"), ENTER), include_unechoed=True)
+    commands = reconstruct_commands(keys(*typed("rm -rf /"), CTRL_C, *typed("ls"), ENTER))
     assert lines_of(commands) == ["ls"]
 
 
 def test_escape_split_across_input_events() -> None:
     frames = keys(*typed("ab"), b"\x1b", b"[D", b"X", b"\x1b[", b"1;5", b"D", b"<", ENTER)
-    assert lines_of(reconstruct_commands(frames, include_unechoed=True)) == ["<aXb"]
+    assert lines_of(reconstruct_commands(frames)) == ["<aXb"]
 
 
 def test_several_commands_in_one_event() -> None:
-    commands = reconstruct_commands(keys(b"cd /srv\rls -l\rmake\r", start=2.5), include_unechoed=True)
+    commands = reconstruct_commands(keys(b"cd /srv\rls -l\rmake\r", start=2.5))
     assert commands == [TypedCommand(2.5, "cd /srv", "keys"), TypedCommand(2.5, "ls -l", "keys"),
                         TypedCommand(2.5, "make", "keys")]  # fmt: skip
 
 
 def test_a_line_without_enter_was_never_run() -> None:
-    assert reconstruct_commands(keys(*typed("shutdown -h now")), include_unechoed=True) == []
+    assert reconstruct_commands(keys(*typed("shutdown -h now"))) == []
 
 
 # -- the screen: a fake shell that redraws its line after every key --------------------------------------
@@ -342,7 +566,7 @@ def test_keys_and_screen_agree_with_an_independent_model(script: list[tuple[str,
     on_screen = reconstruct_commands(frames, width=width, height=30)
     assert lines_of(on_screen) == expected
     assert {c.source for c in on_screen} <= {"screen"}
-    by_keys = reconstruct_commands([f for f in frames if f.code == "i"], include_unechoed=True)
+    by_keys = reconstruct_commands([f for f in frames if f.code == "i"])
     assert lines_of(by_keys) == expected
 
 
@@ -366,11 +590,10 @@ def test_prompt_followed_as_the_screen_scrolls() -> None:
     assert lines_of(reconstruct_commands(frames, width=20, height=10)) == ["ls", "ls -l", long]
 
 
-def test_unechoed_input_is_left_out() -> None:
+def test_unechoed_input_is_kept_and_marked() -> None:
     frames = [Frame("o", 0.0, b"[sudo] password for ops: "), *keys(b"s3cret", ENTER)]
     frames.append(Frame("o", 1.2, b"\r\n$ "))
-    assert reconstruct_commands(frames) == []
-    assert lines_of(reconstruct_commands(frames, include_unechoed=True)) == ["s3cret"]
+    assert reconstruct_commands(frames) == [TypedCommand(1.1, "s3cret", "keys", echo=False)]
 
 
 def test_screen_unreadable_falls_back_to_keys() -> None:
@@ -395,7 +618,7 @@ def test_not_utf8_anywhere() -> None:
 )
 def test_arbitrary_frames_never_fail(events: list[tuple[str, bytes]]) -> None:
     frames = [Frame(code, n / 10, payload) for n, (code, payload) in enumerate(events)]
-    for command in reconstruct_commands(frames, include_unechoed=True):
+    for command in reconstruct_commands(frames):
         assert command.command.strip() == command.command
         assert all(char.isprintable() or char == "\n" for char in command.command)
         assert command.source in ("screen", "keys")
@@ -438,7 +661,7 @@ def test_a_flood_of_edits_on_a_long_line_stays_cheap() -> None:
     flood = b"\x1bb\x1bf\x17\x19\x01\x05" * 20_000  # word moves, kills and yanks over a 20,000-character line
     frames = keys(b"a" * 20_000, flood, ENTER)
     started = time.process_time()
-    [command] = reconstruct_commands(frames, include_unechoed=True)
+    [command] = reconstruct_commands(frames)
     assert time.process_time() - started < 1.0
     assert command.source == "keys"
     assert len(command.command) == 16 * 1024  # a typed line is kept up to 16 KiB
@@ -449,7 +672,7 @@ def test_bidi_overrides_and_unprintables_never_reach_the_reviewer() -> None:
     frames += [Frame("o", 1.05, "ls \u202egnp.exe\u2066\r\n".encode()), *keys(ENTER, start=1.04)]
     frames.sort(key=lambda frame: frame.time)
     assert lines_of(reconstruct_commands(frames)) == ["ls gnp.exe"]
-    assert lines_of(reconstruct_commands(keys("rm \u202ex\u200b", ENTER), include_unechoed=True)) == ["rm x"]
+    assert lines_of(reconstruct_commands(keys("rm \u202ex\u200b", ENTER))) == ["rm x"]
 
 
 _KEYS = st.sampled_from(
@@ -464,6 +687,6 @@ def test_keys_read_the_same_however_input_events_split_them(typed_keys: str, cut
     data = typed_keys.encode()
     bounds = sorted({0, len(data), *(c for c in cuts if c <= len(data))})
     pieces = [data[a:b] for a, b in itertools.pairwise(bounds)]
-    whole = reconstruct_commands(keys(data), include_unechoed=True)
-    split = reconstruct_commands(keys(*pieces), include_unechoed=True)
+    whole = reconstruct_commands(keys(data))
+    split = reconstruct_commands(keys(*pieces))
     assert lines_of(split) == lines_of(whole)
