@@ -196,7 +196,7 @@ def _reconstruct(index: RecordingIndex, path: Path, header: dict[str, Any]) -> b
         _, frames, _ = read_recording(path)
         width, height = int(header.get("width") or 80), int(header.get("height") or 24)
         for line in reconstruct_commands(frames, width=width, height=height):
-            source = line.source if getattr(line, "echo", True) else f"{line.source}-noecho"
+            source = line.source if line.echo else f"{line.source}-noecho"
             found.append((line.time, line.command[:_MAX_COMMAND], source[:16]))
     except (BudgetExceeded, MemoryError) as exc:
         index.problems.append(f"typed commands not reconstructed, over its budget ({_why(exc)}): keys indexed raw")
