@@ -34,6 +34,7 @@ from jit_ssh.ca.validate import parse_duration
 from sqlmodel import Session, col, select
 
 from .castlog import Frame, TextStream, read_recording
+from .transfers import TransferList
 
 __all__ = [
     "OUTPUT_INDEX_LIMIT",
@@ -56,7 +57,7 @@ _ANSI = re.compile(r"\x1b(?:\[[0-?]*[ -/]*[@-~]|\][^\x07\x1b]*(?:\x07|\x1b\\)?|[
 @dataclass
 class RecordingIndex:
     commands: list[tuple[float, str, str]] = field(default_factory=list)
-    transfers: list[dict[str, Any]] = field(default_factory=list)
+    transfers: TransferList = field(default_factory=TransferList)
     end: dict[str, Any] = field(default_factory=dict)
     output_lines: int = 0
     truncated: bool = False
@@ -121,7 +122,7 @@ def _index_meta(index: RecordingIndex, frame: Frame) -> None:
     if not isinstance(meta, dict):
         return
     if "sftp" in meta:
-        index.transfers.append({"time": round(frame.time, 3), **meta["sftp"]})
+        index.transfers.add({"time": round(frame.time, 3), **meta["sftp"]})
     elif "end" in meta:
         index.end = meta["end"]
 
@@ -135,8 +136,8 @@ def save_index(store: Store, session_id: str, index: RecordingIndex) -> None:
             session.add(SessionCommand(session_id=session_id, time=moment, command=text[:4096], source=source))
         row.commands_count = len(index.commands)
         row.index_json = dumps(
-            {"transfers": index.transfers[:1000], "end": index.end, "output_lines": index.output_lines,
-             "truncated": index.truncated}
+            {"transfers": index.transfers.kept(), "transfers_dropped": index.transfers.dropped, "end": index.end,
+             "output_lines": index.output_lines, "truncated": index.truncated}
         )  # fmt: skip
         session.add(row)
 
@@ -279,6 +280,7 @@ def session_detail(store: Store, session_id: str) -> dict[str, Any]:
         ],
         commands_run=[{"time": c.time, "command": c.command, "source": c.source} for c in commands],
         transfers=index.get("transfers", []),
+        transfers_dropped=index.get("transfers_dropped", 0),
         streams=index.get("end", {}).get("streams", {}),
     )  # fmt: skip
     return detail

@@ -29,6 +29,7 @@ from jit_ssh.broker.review import (
     set_hold,
     verify_sessions,
 )
+from jit_ssh.broker.transfers import describe as describe_transfer
 from jit_ssh.ca import InputError, JitSshError
 from jit_ssh.ca.store import Store
 from jit_ssh.ca.validate import parse_duration
@@ -159,9 +160,9 @@ def show(
     if detail["transfers"]:
         console.print("  file transfers:")
         for t in detail["transfers"]:
-            target = t.get("path") or f"{t.get('from')} -> {t.get('to')}"
-            size = f" {t['bytes']} bytes sha256 {t['sha256'][:16]}..." if "bytes" in t else ""
-            console.print(f"    {t['op']:<8} {target}{size}", markup=False)
+            console.print(f"    {describe_transfer(t)}", markup=False)
+        if detail.get("transfers_dropped"):
+            console.print(f"    ... {detail['transfers_dropped']} more (lookups first) are in the recording only")
 
 
 @sessions_app.command("verify")
