@@ -303,7 +303,10 @@ class SftpObserver:
                 self._fail(f"more than {_MAX_FILES} files open over SFTP cannot be followed")
                 self._file_done(state)  # opened all the same: its open (a truncation, say) is recorded
                 return
-            self._files[bytes(reader.string())] = state
+            handle = bytes(reader.string())
+            if handle in self._files:  # reused while open (not by OpenSSH): the file it named is done
+                self._file_done(self._files[handle])
+            self._files[handle] = state
         elif request.kind == "read" and kind == fx.FXP_DATA and state is not None:
             state.read.add(bytes(reader.string()))  # only when the data did not fit its packet: malformed
         elif request.kind == "readdir" and kind == fx.FXP_NAME and state is not None:

@@ -537,3 +537,17 @@ def test_the_review_list_is_bounded_and_lookups_give_way() -> None:
     few.add({"op": "remove", "path": "/x", "outcome": "ok"})
     assert [op["path"] for op in few.kept()] == ["/s0", "/s1", "/s2", "/s3", "/x"]
     assert few.dropped == 0
+
+
+def test_a_handle_given_again_while_open_does_not_lose_the_first_file() -> None:
+    o = Observed()
+    o.opened(1, "/etc/shadow", b"h", 0x12)
+    assert o.ask(open_flags(2, "/tmp/other", 0x01), handle_reply(2, b"h")) == [
+        _write_op("/etc/shadow", b"", flags=["write", "trunc"])
+    ]
+
+
+def test_extended_attributes_that_cannot_fit_are_malformed() -> None:
+    o = Observed()
+    o.ask(packet(9, 1, s(b"/f") + U32.pack(0x80000000) + U32.pack(1000) + s(b"k") + s(b"v")))
+    assert o.observer.failed is not None
