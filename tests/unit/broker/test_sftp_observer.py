@@ -1,8 +1,10 @@
 """The SFTP observer against constructed SFTP v3 streams, fed in every way the wire may split them.
 
 Each file's byte count and SHA-256 must be those of its content, whatever the chunking (one byte at a
-time, packet boundaries inside chunks, headers cut anywhere); operations come out in order; malformed
-or oversized packets neither crash the observer nor count as content.
+time, packet boundaries inside chunks, headers cut anywhere); operations come out in order, each
+request once with the server's answer (or "no reply"); an open that can change a file is a write;
+malformed replies neither crash the observer nor count as content, and a request sftp-server would act
+on but the observer cannot read fails it.
 """
 
 from __future__ import annotations
@@ -369,7 +371,7 @@ def test_links_renames_and_symlinks_in_openssh_order() -> None:
 def test_every_other_request_kind_is_recorded() -> None:
     o = Observed()
     o.opened(1, "/srv/f", b"h", 0x03)
-    attrs_reply = packet(105, 0, attrs(size=1))[9:]  # an ATTRS body; ids added below
+    attrs_reply = attrs(size=1)
     name_reply = U32.pack(1) + s(b"/root") + s(b"/root") + attrs()
     cases = [
         (packet(17, 10, s(b"/etc/shadow")), packet(105, 10, attrs_reply), {"op": "stat", "path": "/etc/shadow"}),
