@@ -29,6 +29,7 @@ from typing import Any
 from .castlog import Frame, RecordingFormatError, TextStream, read_recording
 from .flags import flags_in_command, flags_in_output, flags_in_transfer, merge
 from .isolate import BudgetExceeded
+from .transfers import TransferList
 
 __all__ = [
     "INPUT_INDEX_LIMIT",
@@ -52,6 +53,8 @@ _CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")
 class RecordingIndex:
     commands: list[tuple[float, str, str]] = field(default_factory=list)
     transfers: list[dict[str, Any]] = field(default_factory=list)
+    #: File operations left out of ``transfers`` (successful lookups first); the recording has them all.
+    transfers_dropped: int = 0
     end: dict[str, Any] = field(default_factory=dict)
     output_lines: int = 0
     input_lines: int = 0
@@ -151,6 +154,7 @@ def index_recording(path: Path, *, kind: str, command: str | None, pty: bool) ->
         index.commands.append((0.0, command[:_MAX_COMMAND], "exec"))
         merge(index.flags, flags_in_command(command))
     header: dict[str, Any] = {}
+    transfers = TransferList()
     stopped = False
     try:
         header, frames, truncated = read_recording(path)
@@ -163,7 +167,7 @@ def index_recording(path: Path, *, kind: str, command: str | None, pty: bool) ->
                     if not pty:  # a terminal's keys are flagged by the lines they made (below)
                         merge(index.flags, flags_in_command(line))
             elif frame.code == "x":
-                _index_meta(index, frame)
+                _index_meta(index, transfers, frame)
         index.truncated = truncated[0]
         for line in output.finish():
             merge(index.flags, flags_in_output(line))
@@ -173,6 +177,7 @@ def index_recording(path: Path, *, kind: str, command: str | None, pty: bool) ->
     except (BudgetExceeded, MemoryError) as exc:
         stopped = True
         index.problems.append(f"indexing stopped over its budget ({_why(exc)}): the rest is not indexed")
+    index.transfers, index.transfers_dropped = transfers.kept(), transfers.dropped
     index.output_lines = len(output.kept)
     output.write(lines_path(path))
     # An exec with a terminal (ssh -t host bash, sudo -i) is typed into like a shell. Its keys are searched
@@ -214,15 +219,14 @@ def _why(exc: BaseException) -> str:
     return "memory" if isinstance(exc, MemoryError) else "CPU time"
 
 
-def _index_meta(index: RecordingIndex, frame: Frame) -> None:
+def _index_meta(index: RecordingIndex, transfers: TransferList, frame: Frame) -> None:
     with contextlib.suppress(RecordingFormatError):
         meta = frame.json()
         if not isinstance(meta, dict):
             return
         if isinstance(meta.get("sftp"), dict):
             op = meta["sftp"]
-            if len(index.transfers) < 10_000:
-                index.transfers.append({"time": round(frame.time, 3), **op})
+            transfers.add({"time": round(frame.time, 3), **op})
             merge(index.flags, flags_in_transfer(op))
         elif isinstance(meta.get("end"), dict):
             index.end = meta["end"]

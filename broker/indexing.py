@@ -47,8 +47,9 @@ def save_index(store: Store, session_id: str, index: RecordingIndex | None, erro
                 session.add(SessionCommand(session_id=session_id, time=moment, command=text, source=source))
             row.commands_count = len(index.commands)
             row.index_json = dumps(
-                {"transfers": index.transfers, "end": index.end, "output_lines": index.output_lines,
-                 "input_lines": index.input_lines, "truncated": index.truncated, "problems": index.problems}
+                {"transfers": index.transfers, "transfers_dropped": index.transfers_dropped, "end": index.end,
+                 "output_lines": index.output_lines, "input_lines": index.input_lines, "truncated": index.truncated,
+                 "problems": index.problems}
             )  # fmt: skip
             merge(flags, index.flags)
             merge(flags, (f"index incomplete: {problem}" for problem in index.problems))

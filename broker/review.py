@@ -229,6 +229,7 @@ def session_detail(store: Store, session_id: str) -> dict[str, Any]:
                       if c.source != "env"],
         environment=environment,
         transfers=index.get("transfers", []),
+        transfers_dropped=index.get("transfers_dropped", 0),
         index_problems=index.get("problems", []),
         streams=index.get("end", {}).get("streams", {}),
     )  # fmt: skip

@@ -1,174 +1,113 @@
-"""SFTP as the recorder sees it: the operations of a session, read off both directions of the stream.
+"""SFTP as the recorder sees it: every request of a session, with what the server answered.
 
 Content is not recorded (a copy of a 10 GB file would be a 10 GB recording); each file that was read
-or written gets its path, byte count and SHA-256 (over the bytes in transfer order, which is the
-file's own digest for sequential transfers, as OpenSSH's sftp and scp do them). Renames, removals,
-directory and attribute changes are recorded as they are asked for. Protocol: draft-ietf-secsh-
-filexfer-02 (version 3), which OpenSSH speaks.
+or written gets its path, open flags, byte count and SHA-256 (over the bytes in transfer order, which
+is the file's own digest for sequential transfers, as OpenSSH's sftp and scp do them). Every other
+request (renames, removals, links, attribute changes, copies made by the server, extensions, lookups)
+is one operation with its fields. Each operation carries its ``outcome``: ``ok``, the server's status
+(``permission denied``, with its ``message``), or ``no reply`` when the session ended first; so it is
+emitted when answered. An open that may change the file (write, append, create, truncate, exclusive)
+is a write, whether or not it asked to write. Wire format: :mod:`.sftp_wire`.
 """
 
 from __future__ import annotations
 
 import contextlib
+import itertools
 import struct
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from . import sftp_wire as fx
 from .digest import StreamTally
+from .sftp_wire import PacketStream, Reader, open_flag_names
 
 __all__ = ["SftpObserver"]
 
-_U32 = struct.Struct(">I")
-_MAX_PACKET = 1024 * 1024  # larger is a protocol error (OpenSSH's sftp-server allows 256 KiB)
 _MAX_PENDING = 4096  # requests outstanding (OpenSSH's sftp and scp keep at most a few hundred)
-_MAX_FILES = 1024
-_MAX_PATH = 4096
+_MAX_PENDING_TEXT = 4 * 1024 * 1024  # characters of paths held for them
+_MAX_FILES = 1024  # handles open
 
-FXP_OPEN, FXP_CLOSE, FXP_READ, FXP_WRITE = 3, 4, 5, 6
-FXP_SETSTAT, FXP_OPENDIR, FXP_REMOVE, FXP_MKDIR, FXP_RMDIR = 9, 11, 13, 14, 15
-FXP_RENAME, FXP_SYMLINK, FXP_EXTENDED = 18, 20, 200
-FXP_STATUS, FXP_HANDLE, FXP_DATA = 101, 102, 103
-_PF_WRITE = 0x02
+# The requests OpenSSH's sftp-server answers, by name. It answers nothing else, so anything else is
+# refused here: a request never answered would leave a later reply with its id to the wrong request.
+_REQUESTS = {3: "open", 4: "close", 5: "read", 6: "write", 7: "lstat", 8: "fstat", 9: "setstat", 10: "fsetstat",
+             11: "opendir", 12: "readdir", 13: "remove", 14: "mkdir", 15: "rmdir", 16: "realpath", 17: "stat",
+             18: "rename", 19: "readlink", 20: "symlink", 200: "extended"}  # fmt: skip
+_ON_HANDLE = frozenset({fx.FXP_CLOSE, fx.FXP_READ, fx.FXP_WRITE, fx.FXP_FSTAT, fx.FXP_FSETSTAT, fx.FXP_READDIR})
+_REPLIES = frozenset({fx.FXP_STATUS, fx.FXP_HANDLE, fx.FXP_DATA, fx.FXP_NAME, fx.FXP_ATTRS, fx.FXP_EXTENDED_REPLY})
+_PATHS = {"posix-rename@openssh.com": ("from", "to"), "hardlink@openssh.com": ("from", "to"),
+          "statvfs@openssh.com": ("path",), "expand-path@openssh.com": ("path",), "limits@openssh.com": ()}  # fmt: skip
+_ON_HANDLES = {"fsync@openssh.com", "fstatvfs@openssh.com"}
 
 
-@dataclass
-class _File:
-    path: str
-    writing: bool
+@dataclass(slots=True, eq=False)
+class _Handle:
+    """An open file or directory: what its records will say when it is closed."""
+
+    record: dict[str, Any]  # op ("read", "write" or "list"), path, open flags and attributes
+    append: bool = False
     read: StreamTally = field(default_factory=StreamTally)
     written: StreamTally = field(default_factory=StreamTally)
+    entries: int = 0
+    outcome: str = "ok"  # the first thing that went wrong
+    message: str = ""
+    errors: int = 0  # reads, writes and listings refused
+    next_write: int = 0
+    sequential: bool = True
+    copies: int = 0
+
+    @property
+    def path(self) -> str:
+        return str(self.record["path"])
+
+    def went_wrong(self, outcome: str, message: str = "", *, error: bool = True) -> None:
+        self.errors += error
+        if self.outcome == "ok":
+            self.outcome, self.message = outcome, message
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, eq=False)
 class _Request:
     """What a reply with this request's id will be about."""
 
-    kind: str  # open, read, close, other
-    path: str = ""
-    writing: bool = False
-    file: _File | None = None
+    kind: str  # op, open, opendir (their record is op); read, write, readdir, close (of handle)
+    op: dict[str, Any] | None = None
+    handle: _Handle | None = None
+    seq: int = 0
+    cost: int = 0
 
 
-class _Stream:
-    """One direction of the SFTP stream, cut into packets as it arrives in chunks of any size.
-
-    Packets are collected whole and handed to ``on_packet``, except the direction's bulk kind
-    (FXP_WRITE from the client, FXP_DATA from the server): that is collected only up to where its data
-    begins; ``on_bulk`` gets this head and returns the tally the data goes to (or None), and the data
-    is passed on in views of the incoming chunks. So a gigabyte copied is never buffered or copied
-    here, only hashed (on the digest worker). A bulk packet whose fields do not fit its length goes
-    whole to ``on_packet`` like any other, which finds it malformed.
-    """
-
-    __slots__ = ("_bulk", "_bulk_kind", "_head", "_on_bulk", "_on_packet", "_sink", "_skip", "broken")
-
-    def __init__(
-        self,
-        bulk_kind: int,
-        on_packet: Callable[[memoryview], None],
-        on_bulk: Callable[[memoryview], StreamTally | None],
-    ) -> None:
-        self._bulk_kind = bulk_kind
-        self._on_packet = on_packet
-        self._on_bulk = on_bulk
-        self._head = bytearray()  # the packet (or bulk packet's head) being collected, length field included
-        self._bulk = 0  # data bytes of the current bulk packet still to pass on
-        self._sink: StreamTally | None = None
-        self._skip = 0  # bytes after them, to the packet's end
-        self.broken = False
-
-    def feed(self, data: bytes) -> None:
-        if not isinstance(data, bytes):
-            data = bytes(data)  # views handed on must be of bytes that cannot change
-        view = memoryview(data)
-        pos, end = 0, len(data)
-        while pos < end and not self.broken:
-            if self._bulk:
-                take = min(self._bulk, end - pos)
-                if self._sink is not None:
-                    self._sink.add(view[pos : pos + take])
-                self._bulk -= take
-                pos += take
-            elif self._skip:
-                take = min(self._skip, end - pos)
-                self._skip -= take
-                pos += take
-            else:
-                want = self._wanted()
-                if want > len(self._head):
-                    take = min(want - len(self._head), end - pos)
-                    self._head += view[pos : pos + take]
-                    pos += take
-        if not self.broken and not self._bulk and not self._skip:
-            self._wanted()  # a packet completed by the last chunk is handled now, not with the next
-
-    def _wanted(self) -> int:
-        """The length the head must reach next; 0 once a packet (or a bulk head) was dealt with."""
-        head = self._head
-        if len(head) < 5:
-            return 5
-        length = int(_U32.unpack_from(head, 0)[0])
-        if length > _MAX_PACKET or length == 0:
-            self.broken = True  # larger is a protocol error: the observer stops (content still flows)
-            return 0
-        total = 4 + length
-        if head[4] == self._bulk_kind and total >= 13:
-            if len(head) < 13:
-                return 13  # FXP_DATA: id, data length. FXP_WRITE: id, handle length, ...
-            start = 13 if self._bulk_kind == FXP_DATA else 25 + int(_U32.unpack_from(head, 9)[0])  # ..., offset, length
-            if start <= total:
-                if len(head) < start:
-                    return start
-                (size,) = _U32.unpack_from(head, start - 4)
-                if start + size <= total:
-                    self._head = bytearray()
-                    self._sink = self._on_bulk(memoryview(head)[4:])
-                    self._bulk, self._skip = size, total - start - size
-                    return 0
-        if len(head) < total:
-            return total
-        self._head = bytearray()
-        self._on_packet(memoryview(head)[4:])
-        return 0
-
-
-def _string(packet: memoryview, pos: int) -> tuple[memoryview, int]:
-    (length,) = _U32.unpack_from(packet, pos)
-    end = pos + 4 + length
-    if end > len(packet):
-        raise ValueError("short string")
-    return packet[pos + 4 : end], end
-
-
-def _text(packet: memoryview, pos: int) -> tuple[str, int]:
-    raw, end = _string(packet, pos)
-    if len(raw) > _MAX_PATH:  # no such path exists (PATH_MAX); what was asked for is cut, and says so
-        return bytes(raw[:_MAX_PATH]).decode("utf-8", "replace") + f"...[{len(raw)} bytes]", end
-    return bytes(raw).decode("utf-8", "replace"), end
+def _outcome(op: dict[str, Any], outcome: str, message: str) -> dict[str, Any]:
+    op["outcome"] = outcome
+    if message and outcome != "ok":
+        op["message"] = message
+    return op
 
 
 class SftpObserver:
     """Feed it the client's and the server's bytes; it calls ``emit`` with one dict per operation.
 
     Every request gets exactly one reply carrying its id, so replies are matched to requests in a
-    first-in first-out queue per id: a client reusing an id cannot make one file's content count for
-    another. A read holds the file it was asked of, and a file is reported when its close is answered,
-    so reads still in flight when the client closes are counted. What the observer cannot follow
-    (more requests outstanding or files open than the caps, a packet over 1 MiB) sets :attr:`failed`;
-    the broker then ends the session rather than leave transfers unrecorded.
+    first-in first-out queue per id: a client reusing an id cannot make one file's content or one
+    request's outcome count for another. A file is reported when its close is answered, so reads
+    still in flight when the client closes are counted. What the observer cannot follow (more
+    requests outstanding or files open than the caps, a packet over 1 MiB, a malformed request, a
+    request type or protocol version sftp-server does not speak) sets :attr:`failed`; the broker then
+    ends the session, relaying nothing more, rather than leave operations unrecorded.
     """
 
     def __init__(self, emit: Callable[[dict[str, Any]], None]) -> None:
         self.emit = emit
         self.failed: str | None = None
-        self._up = _Stream(FXP_WRITE, self._request_packet, self._write_head)
-        self._down = _Stream(FXP_DATA, self._reply_packet, self._data_head)
+        self._up = PacketStream(fx.FXP_WRITE, self._request_packet, self._write_head)
+        self._down = PacketStream(fx.FXP_DATA, self._reply_packet, self._data_head)
         self._pending: dict[int, deque[_Request]] = {}
         self._outstanding = 0
-        self._files: dict[bytes, _File] = {}
-        self._closing: list[_File] = []  # closed by the client, not yet answered
+        self._pending_text = 0
+        self._seq = itertools.count()
+        self._files: dict[bytes, _Handle] = {}
 
     def client_data(self, data: bytes) -> None:
         self._up.feed(data)
@@ -178,7 +117,7 @@ class SftpObserver:
         self._down.feed(data)
         self._check_stream(self._down)
 
-    def _check_stream(self, stream: _Stream) -> None:
+    def _check_stream(self, stream: PacketStream) -> None:
         if stream.broken and self.failed is None:
             self._fail("an SFTP packet over 1 MiB (or of length 0) cannot be followed")
 
@@ -189,11 +128,15 @@ class SftpObserver:
 
     # -- matching replies to requests ------------------------------------------------------------
     def _expect(self, request_id: int, request: _Request) -> None:
-        if self._outstanding >= _MAX_PENDING:
-            self._fail(f"more than {_MAX_PENDING} SFTP requests outstanding cannot be followed")
+        if request.op is not None:
+            request.cost = sum(len(v) for v in request.op.values() if isinstance(v, str))
+        if self._outstanding >= _MAX_PENDING or self._pending_text + request.cost > _MAX_PENDING_TEXT:
+            self._fail(f"more than {_MAX_PENDING} SFTP requests (or 4 MiB of paths) outstanding cannot be followed")
             return
+        request.seq = next(self._seq)
         self._pending.setdefault(request_id, deque()).append(request)
         self._outstanding += 1
+        self._pending_text += request.cost
 
     def _answered(self, request_id: int) -> _Request | None:
         queue = self._pending.get(request_id)
@@ -203,107 +146,209 @@ class SftpObserver:
         if not queue:
             del self._pending[request_id]
         self._outstanding -= 1
+        self._pending_text -= request.cost
         return request
 
     def _request_packet(self, packet: memoryview) -> None:
-        with contextlib.suppress(ValueError, struct.error):  # malformed: the server's to refuse, nothing to record
-            self._request(packet)
+        kind = packet[0]
+        if kind == fx.FXP_INIT:
+            return  # no id; answered by FXP_VERSION
+        name = _REQUESTS.get(kind)
+        if name is None:
+            self._fail(f"an SFTP request of unknown type {kind} cannot be followed")
+            return
+        reader = Reader(packet, 1)
+        try:
+            request_id = reader.u32()
+            request = self._request(kind, reader, {"op": name})
+        except (ValueError, struct.error):
+            # sftp-server reads a field that overruns its packet from the bytes after it, acts on it, and
+            # only then gives up: such a request must not reach it (the broker relays nothing after this).
+            self._fail(f"a malformed SFTP {name} request cannot be followed")
+            return
+        self._expect(request_id, request)
 
     def _reply_packet(self, packet: memoryview) -> None:
+        kind = packet[0]
+        reader = Reader(packet, 1)
         with contextlib.suppress(ValueError, struct.error):
-            self._reply(packet)
+            if kind == fx.FXP_VERSION:
+                version = reader.u32()
+                if version != 3:
+                    self._fail(f"SFTP version {version} cannot be followed (only version 3)")
+                return
+            request = self._answered(reader.u32())
+            if request is None:
+                return
+            try:
+                self._reply(request, kind, reader)
+            except (ValueError, struct.error):
+                self._settle(request, "bad reply", "")
+
+    # -- requests --------------------------------------------------------------------------------
+    def _handle(self, reader: Reader, op: dict[str, Any], key: str = "path", *, close: bool = False) -> _Handle | None:
+        """Read a handle; ``op[key]`` names its file, or ``op["handle"]`` (``from_handle``...) the handle."""
+        raw = bytes(reader.string())
+        state = self._files.pop(raw, None) if close else self._files.get(raw)
+        if state is not None:
+            op[key] = state.path
+        else:
+            op["handle" if key == "path" else f"{key}_handle"] = raw[:64].hex()
+        return state
+
+    def _request(self, kind: int, reader: Reader, op: dict[str, Any]) -> _Request:
+        if kind == fx.FXP_OPEN:
+            op["path"] = reader.text()
+            pflags = reader.u32()
+            op["op"] = "write" if pflags & fx.FXF_MODIFYING else "read"
+            op["flags"] = open_flag_names(pflags)
+            reader.attrs(op)
+            return _Request("open", op, _Handle(op, append=bool(pflags & fx.FXF_APPEND)))
+        if kind == fx.FXP_OPENDIR:
+            op["op"], op["path"] = "list", reader.text()
+            return _Request("opendir", op, _Handle(op))
+        if kind in _ON_HANDLE:
+            state = self._handle(reader, op, close=kind == fx.FXP_CLOSE)
+            if kind in (fx.FXP_READ, fx.FXP_WRITE):
+                offset = reader.u64()
+                size = reader.u32() if kind == fx.FXP_READ else len(data := reader.string())
+                if state is None:
+                    op["offset"], op["length"] = offset, size
+                elif kind == fx.FXP_WRITE:  # a whole FXP_WRITE comes here only when its fields do not fit
+                    self._wrote(state, offset, size)
+                    state.written.add(bytes(data))
+            elif kind == fx.FXP_FSETSTAT:
+                reader.attrs(op)
+            if state is None or kind in (fx.FXP_FSTAT, fx.FXP_FSETSTAT):
+                return _Request("op", op)
+            return _Request(_REQUESTS[kind], None, state)
+        if kind == fx.FXP_RENAME:
+            op["from"], op["to"] = reader.text(), reader.text()
+        elif kind == fx.FXP_SYMLINK:  # OpenSSH's order, the reverse of the draft's: the target, then the new link
+            op["target"], op["path"] = reader.text(), reader.text()
+        elif kind == fx.FXP_EXTENDED:
+            self._extended(reader, op)
+        else:  # a path, and for setstat and mkdir the attributes to set
+            op["path"] = reader.text()
+            if kind in (fx.FXP_SETSTAT, fx.FXP_MKDIR):
+                reader.attrs(op)
+        return _Request("op", op)
+
+    def _extended(self, reader: Reader, op: dict[str, Any]) -> None:
+        """The extensions of OpenSSH's PROTOCOL and sftp-server; any other is recorded by its name."""
+        name = reader.text(256)
+        op["op"] = name.split("@")[0]
+        if name in _PATHS:
+            for key in _PATHS[name]:
+                op[key] = reader.text()
+        elif name in _ON_HANDLES:
+            self._handle(reader, op)
+        elif name == "lsetstat@openssh.com":
+            op["path"] = reader.text()
+            reader.attrs(op)
+        elif name == "copy-data":
+            source = self._handle(reader, op, "from")
+            op["read_offset"], op["read_length"] = reader.u64(), reader.u64()
+            sink = self._handle(reader, op, "to")
+            op["write_offset"] = reader.u64()
+            if source is not None:
+                source.copies += 1
+            if sink is not None and sink is not source:
+                sink.copies += 1
+        elif name == "home-directory":
+            op["user"] = reader.text(256)
+        elif name == "users-groups-by-id@openssh.com":
+            op["uids"], op["gids"] = len(reader.string()) // 4, len(reader.string()) // 4
+        else:
+            op["op"], op["name"] = "extended", name
+
+    def _wrote(self, state: _Handle, offset: int, size: int) -> None:
+        if offset != state.next_write and not state.append:
+            state.sequential = False  # a patch inside the file: its digest is not the file's
+        state.next_write = offset + size
 
     def _write_head(self, head: memoryview) -> StreamTally | None:
         """An FXP_WRITE up to its data (id, handle, offset, length): the file's written tally."""
-        (request_id,) = _U32.unpack_from(head, 1)
-        self._expect(request_id, _Request("other"))
-        handle, _ = _string(head, 5)
-        state = self._files.get(bytes(handle))
-        return state.written if state is not None else None
+        reader = Reader(head, 1)
+        request_id = reader.u32()
+        op: dict[str, Any] = {"op": "write"}
+        state = self._handle(reader, op)
+        offset, size = reader.u64(), reader.u32()
+        if state is None:
+            self._expect(request_id, _Request("op", {**op, "offset": offset, "length": size}))
+            return None
+        self._wrote(state, offset, size)
+        self._expect(request_id, _Request("write", None, state))
+        return state.written
 
+    # -- replies ---------------------------------------------------------------------------------
     def _data_head(self, head: memoryview) -> StreamTally | None:
         """An FXP_DATA up to its data (id, length): the tally of the file the read was for."""
-        (request_id,) = _U32.unpack_from(head, 1)
-        request = self._answered(request_id)
-        if request is None or request.kind != "read" or request.file is None:
-            return None
-        return request.file.read
-
-    def _request(self, packet: memoryview) -> None:
-        kind = packet[0]
-        if kind < FXP_OPEN:
-            return  # FXP_INIT: no id, answered by FXP_VERSION
-        (request_id,) = _U32.unpack_from(packet, 1)
-        request = _Request("other")
-        pos = 5
-        try:
-            if kind == FXP_OPEN:
-                path, pos = _text(packet, pos)
-                (pflags,) = _U32.unpack_from(packet, pos)
-                request = _Request("open", path=path, writing=bool(pflags & _PF_WRITE))
-            elif kind == FXP_READ:
-                handle, pos = _string(packet, pos)
-                request = _Request("read", file=self._files.get(bytes(handle)))
-            elif kind == FXP_WRITE:  # a whole FXP_WRITE comes here only when its fields do not fit
-                handle, pos = _string(packet, pos)
-                data, _ = _string(packet, pos + 8)
-                state = self._files.get(bytes(handle))
-                if state is not None:
-                    state.written.add(bytes(data))
-            elif kind == FXP_CLOSE:
-                handle, _ = _string(packet, pos)
-                state = self._files.pop(bytes(handle), None)
-                if state is not None:
-                    request = _Request("close", file=state)
-                    self._closing.append(state)
-            elif kind in (FXP_REMOVE, FXP_MKDIR, FXP_RMDIR, FXP_SETSTAT, FXP_OPENDIR):
-                path, _ = _text(packet, pos)
-                names = {FXP_REMOVE: "remove", FXP_MKDIR: "mkdir", FXP_RMDIR: "rmdir", FXP_SETSTAT: "setstat"}
-                if kind != FXP_OPENDIR:
-                    self.emit({"op": names[kind], "path": path})
-            elif kind in (FXP_RENAME, FXP_SYMLINK):
-                first, pos = _text(packet, pos)
-                second, _ = _text(packet, pos)
-                self.emit({"op": "rename" if kind == FXP_RENAME else "symlink", "from": first, "to": second})
-            elif kind == FXP_EXTENDED:
-                name, pos = _text(packet, pos)
-                if name in ("posix-rename@openssh.com", "hardlink@openssh.com"):
-                    first, pos = _text(packet, pos)
-                    second, _ = _text(packet, pos)
-                    self.emit({"op": name.split("@")[0], "from": first, "to": second})
-        finally:
-            self._expect(request_id, request)  # every request is answered once, malformed or not
-
-    def _reply(self, packet: memoryview) -> None:
-        kind = packet[0]
-        if kind < FXP_STATUS:
-            return  # FXP_VERSION: no id
-        (request_id,) = _U32.unpack_from(packet, 1)
-        request = self._answered(request_id)
+        request = self._answered(Reader(head, 1).u32())
         if request is None:
+            return None
+        if request.kind == "read" and request.handle is not None:
+            return request.handle.read
+        self._settle(request, "ok", "")
+        return None
+
+    def _reply(self, request: _Request, kind: int, reader: Reader) -> None:
+        if kind not in _REPLIES:
+            self._settle(request, "bad reply", "")
             return
-        if kind == FXP_HANDLE and request.kind == "open":
-            handle, _ = _string(packet, 5)
+        outcome, message = reader.status() if kind == fx.FXP_STATUS else ("ok", "")
+        state = request.handle
+        if request.kind in ("open", "opendir") and kind == fx.FXP_HANDLE and state is not None:
             if len(self._files) >= _MAX_FILES:
                 self._fail(f"more than {_MAX_FILES} files open over SFTP cannot be followed")
+                self._file_done(state)  # opened all the same: its open (a truncation, say) is recorded
                 return
-            self._files[bytes(handle)] = _File(path=request.path, writing=request.writing)
-        elif kind == FXP_DATA and request.kind == "read" and request.file is not None:
-            data, _ = _string(packet, 5)
-            request.file.read.add(bytes(data))
-        elif request.kind == "close" and request.file is not None:
-            self._closing.remove(request.file)
-            self._file_done(request.file)
+            handle = bytes(reader.string())
+            if handle in self._files:  # reused while open (not by OpenSSH): the file it named is done
+                self._file_done(self._files[handle])
+            self._files[handle] = state
+        elif request.kind == "read" and kind == fx.FXP_DATA and state is not None:
+            state.read.add(bytes(reader.string()))  # only when the data did not fit its packet: malformed
+        elif request.kind == "readdir" and kind == fx.FXP_NAME and state is not None:
+            state.entries += reader.u32()
+        else:
+            self._settle(request, outcome, message)
 
-    def _file_done(self, state: _File) -> None:
-        if state.written.bytes or state.writing:
-            self.emit({"op": "write", "path": state.path, **state.written.summary()})
-        if state.read.bytes or not state.writing:
-            self.emit({"op": "read", "path": state.path, **state.read.summary()})
+    def _settle(self, request: _Request, outcome: str, message: str) -> None:
+        """The request is answered (or never will be): record it, or mark its file."""
+        state = request.handle
+        if request.kind in ("op", "open", "opendir") and request.op is not None:
+            self.emit(_outcome(request.op, outcome, message))
+        elif state is not None and outcome not in ("ok", "eof"):
+            state.went_wrong(outcome, message, error=request.kind != "close" and outcome != "no reply")
+        if request.kind == "close" and state is not None:
+            self._file_done(state)
+
+    def _file_done(self, state: _Handle) -> None:
+        record = state.record
+        rest = {k: v for k, v in record.items() if k not in ("op", "path")}
+        rest = _outcome(rest, state.outcome, state.message)
+        if state.errors:
+            rest["errors"] = state.errors
+        if state.copies:
+            rest["copy_data"] = state.copies
+        if record["op"] == "list":
+            self.emit({"op": "list", "path": state.path, "entries": state.entries, **rest})
+            return
+        writing = record["op"] == "write"
+        if state.written.bytes or writing:
+            more = {} if state.sequential else {"sequential": False}
+            self.emit({"op": "write", "path": state.path, **state.written.summary(), **rest, **more})
+        if state.read.bytes or not writing:
+            self.emit({"op": "read", "path": state.path, **state.read.summary(), **rest})
 
     def close(self) -> None:
-        """Report files still open, or closed without an answer, when the session ended."""
-        for state in [*self._closing, *self._files.values()]:
+        """The session ended: requests never answered say so, and files still open are reported."""
+        pending = sorted((r for queue in self._pending.values() for r in queue), key=lambda r: r.seq)
+        self._pending.clear()
+        self._outstanding = self._pending_text = 0
+        for request in pending:
+            self._settle(request, "no reply", "")
+        for state in self._files.values():
             self._file_done(state)
-        self._closing.clear()
         self._files.clear()

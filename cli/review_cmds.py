@@ -29,6 +29,7 @@ from jit_ssh.broker.review import (
     set_hold,
     verify_sessions,
 )
+from jit_ssh.broker.transfers import describe as describe_transfer
 from jit_ssh.ca import InputError, JitSshError
 from jit_ssh.ca.store import Store
 from jit_ssh.ca.validate import parse_duration
@@ -197,9 +198,9 @@ def _print_detail(detail: dict[str, Any]) -> None:
     if detail["transfers"]:
         console.print("  file transfers:")
         for t in detail["transfers"]:
-            target = t.get("path") or f"{t.get('from')} -> {t.get('to')}"
-            size = f" {t['bytes']} bytes sha256 {t['sha256'][:16]}..." if "bytes" in t else ""
-            console.print(plain(f"    {t['op']:<8} {target}{size}"))
+            console.print(plain(f"    {describe_transfer(t)}"))
+        if detail.get("transfers_dropped"):
+            console.print(f"    ... {detail['transfers_dropped']} more (lookups first) are in the recording only")
 
 
 @sessions_app.command("verify")

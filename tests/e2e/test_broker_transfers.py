@@ -89,6 +89,15 @@ def _sftp_ops(row: dict[str, Any]) -> list[dict[str, Any]]:
     return [m["sftp"] for m in metadata(frames) if "sftp" in m]
 
 
+def _core(ops: list[dict[str, Any]], kind: str) -> list[dict[str, Any]]:
+    """The file records of ``kind`` by the fields every version recorded, if they succeeded."""
+    return [
+        {k: op[k] for k in ("op", "path", "bytes", "sha256")}
+        for op in ops
+        if op["op"] == kind and op["outcome"] == "ok"
+    ]
+
+
 def _check_row(site: Site, row: dict[str, Any], *, kind: str, input_in_full: bool = False) -> None:
     assert (row["kind"], row["exit_status"]) == (kind, 0), row
     # sftp content is never kept; exec output only up to the capture limit (1 MiB) per stream.
@@ -113,7 +122,7 @@ def test_scp_sftp_mode_up_and_down(site: Site) -> None:
     assert _sha256(up) == site.digest
     row = _sftp_session_since(site, since)
     assert row["bytes_in"] > SIZE
-    writes = [op for op in _sftp_ops(row) if op["op"] == "write"]
+    writes = _core(_sftp_ops(row), "write")
     assert writes == [{"op": "write", "path": str(up), "bytes": SIZE, "sha256": site.digest}]
 
     down = site.fresh("scp-down.bin")
@@ -122,7 +131,7 @@ def test_scp_sftp_mode_up_and_down(site: Site) -> None:
     assert _sha256(down) == site.digest
     row = _sftp_session_since(site, since)
     assert row["bytes_out"] > SIZE
-    reads = [op for op in _sftp_ops(row) if op["op"] == "read"]
+    reads = _core(_sftp_ops(row), "read")
     assert reads == [{"op": "read", "path": str(up), "bytes": SIZE, "sha256": site.digest}]
 
 
@@ -139,11 +148,11 @@ def test_sftp_put_get_rename_remove(site: Site) -> None:
     assert not remote.exists()
     row = _sftp_session_since(site, since)
     ops = _sftp_ops(row)
-    assert {"op": "write", "path": str(remote), "bytes": SIZE, "sha256": site.digest} in ops
-    assert {"op": "read", "path": str(moved), "bytes": SIZE, "sha256": site.digest} in ops
+    assert {"op": "write", "path": str(remote), "bytes": SIZE, "sha256": site.digest} in _core(ops, "write")
+    assert {"op": "read", "path": str(moved), "bytes": SIZE, "sha256": site.digest} in _core(ops, "read")
     renames = [op for op in ops if op["op"] in ("rename", "posix-rename")]
-    assert [(op["from"], op["to"]) for op in renames] == [(str(remote), str(moved))]
-    assert {"op": "remove", "path": str(moved)} in ops
+    assert [(op["from"], op["to"], op["outcome"]) for op in renames] == [(str(remote), str(moved), "ok")]
+    assert {"op": "remove", "path": str(moved), "outcome": "ok"} in ops
 
 
 def _bulk_end(row: dict[str, Any]) -> tuple[dict[str, Any], bytes, bytes]:
