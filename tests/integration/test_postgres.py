@@ -29,6 +29,7 @@ from jit_ssh.ca.store import AuditEvent, Counter, IssuedCertificate, Store, User
 from jit_ssh.ca.workflow import Authority, RequestState
 from sqlmodel import col, select
 
+from tests.integration.test_listings import check_a_flood_hides_nothing
 from tests.integration.test_workflow import KEYS, Clock, make_authority
 
 psycopg = pytest.importorskip(
@@ -256,4 +257,10 @@ def test_integers_are_64_bits_as_on_sqlite(pg_url: str, user_ca: KeySigner) -> N
         session.add(counter)
     with authority.store.transaction() as session:
         assert authority.store.next_serial(session) == 2**62 + 1
+    authority.store.dispose()
+
+
+def test_listings_filter_in_the_database_on_postgres(pg_url: str, user_ca: KeySigner) -> None:
+    authority = make_authority(pg_url, user_ca, Clock())
+    check_a_flood_hides_nothing(authority)  # the same SQL filters (JSON text matched with LIKE) on PostgreSQL
     authority.store.dispose()
