@@ -125,10 +125,11 @@ class Enforcer:
                 )
             ).all()
             users = {requester for _, _, requester in rows}
-            disabled = set(
-                session.exec(select(User.name).where(col(User.name).in_(users), col(User.disabled).is_(True))).all()
+            enabled = set(
+                session.exec(select(User.name).where(col(User.name).in_(users), col(User.disabled).is_(False))).all()
             )
-        return {int(rid): state for rid, state, _ in rows if rid is not None}, disabled
+        # A user removed from the store is as disabled as one marked so.
+        return {int(rid): state for rid, state, _ in rows if rid is not None}, users - enabled
 
     async def _poller(self) -> None:
         loop = asyncio.get_running_loop()
@@ -141,13 +142,13 @@ class Enforcer:
             except StoreError as exc:
                 log.warning("could not read grant states: %s", exc)
                 continue
-            for request_id, state in states.items():
-                if state != RequestState.APPROVED:
-                    self.end_grant(request_id, f"grant {request_id} was {state}: session closed")
-            for proxy in self.sessions():
+            for proxy in self.sessions():  # first: disabling a user also revokes their grants
                 grant = proxy.client.grant
                 if grant is not None and grant.user in disabled:
                     proxy.end(f"user {grant.user} was disabled: session closed")
+            for request_id, state in states.items():
+                if state != RequestState.APPROVED:
+                    self.end_grant(request_id, f"grant {request_id} was {state}: session closed")
 
     async def _heartbeat(self) -> None:
         loop = asyncio.get_running_loop()

@@ -40,7 +40,7 @@ from jit_ssh.ca import (
 from jit_ssh.ca.audit import append_event
 from jit_ssh.ca.inventory import user_for_key
 from jit_ssh.ca.policy import Policy
-from jit_ssh.ca.store import AccessRequest, Host, IssuedCertificate, RecordedSession, Store, dumps, loads
+from jit_ssh.ca.store import AccessRequest, Host, IssuedCertificate, RecordedSession, Store, User, dumps, loads
 from jit_ssh.ca.validate import target_principal
 from jit_ssh.ca.workflow import Authority, RequestState
 from sqlmodel import col, select
@@ -76,6 +76,8 @@ _SWEEP_INTERVAL = 5.0
 _HOST_CERT_VALIDITY = timedelta(days=30)
 _ONWARD_TIMEOUT = 15.0
 _AUTH_AUDIT_BURST = 60
+#: What _request_states says of a grant whose user is disabled (or gone), whatever the request's own state.
+_USER_DISABLED = "user-disabled"
 #: The broker's own hop prefers AES-GCM, which asyncssh relays 1.5 to 2 times as fast as its default first
 #: choice, chacha20-poly1305 (with AES-NI, on loopback); asyncssh's other defaults follow, for any host.
 _ONWARD_CIPHERS = (
@@ -305,11 +307,14 @@ class Broker:
         return self.enforcer.end_grant(request_id, reason)
 
     def _request_states(self, ids: list[int]) -> dict[int, str]:
+        """Each request's state, or _USER_DISABLED: a disabled user loses access even if a grant was left."""
         with self.store.transaction() as session:
             rows = session.exec(
-                select(AccessRequest.id, AccessRequest.state).where(col(AccessRequest.id).in_(ids))
+                select(AccessRequest.id, AccessRequest.state, User.disabled)
+                .join(User, col(User.name) == col(AccessRequest.requester), isouter=True)
+                .where(col(AccessRequest.id).in_(ids))
             ).all()
-        return {int(rid): state for rid, state in rows if rid is not None}
+        return {int(rid): _USER_DISABLED if disabled is not False else state for rid, state, disabled in rows if rid}
 
     # -- the session face ------------------------------------------------------------------------
     def _refuse_session(self, username: str, cert: Certificate, peer: str, reason: str, audit: bool) -> AccessDenied:
@@ -331,11 +336,14 @@ class Broker:
         with self.store.transaction() as session:
             issued = session.get(IssuedCertificate, cert.serial)
             request = session.get(AccessRequest, issued.request_id) if issued is not None else None
+            owner = session.get(User, request.requester) if request is not None else None
             host_row = session.get(Host, host)
         now = time.time()
         reason = None
         if issued is None or issued.ca_role != "user" or issued.key_id != cert.key_id:
             reason = f"certificate serial {cert.serial} was not issued by this broker"
+        elif request is not None and (owner is None or owner.disabled):
+            reason = f"user {request.requester} is disabled"
         elif issued.revoked:
             reason = f"certificate serial {cert.serial} is revoked"
         elif request is None or request.state != RequestState.APPROVED:
@@ -362,6 +370,8 @@ class Broker:
         states = self._request_states([grant.request_id])
         with self.store.transaction() as session:
             issued = session.get(IssuedCertificate, grant.serial)
+        if states.get(grant.request_id) == _USER_DISABLED:
+            raise AccessDenied(f"user {grant.user} is disabled")
         if states.get(grant.request_id) != RequestState.APPROVED or issued is None or issued.revoked:
             raise AccessDenied(f"request {grant.request_id} is no longer approved")
         if time.time() >= grant.expires_at:

@@ -1,4 +1,8 @@
-"""Users and hosts: who may authenticate to the broker, and which hosts exist (admin operations)."""
+"""Users and hosts: who may authenticate to the broker, and which hosts exist (admin operations).
+
+Disabling a user is not here but in :meth:`jit_ssh.ca.workflow.Authority.disable_user`: it revokes the
+user's grants in the same transaction, and request states belong to the workflow.
+"""
 
 from __future__ import annotations
 
@@ -21,7 +25,6 @@ __all__ = [
     "add_host",
     "add_user",
     "check_user_name",
-    "disable_user",
     "list_hosts",
     "list_users",
     "user_for_key",
@@ -106,17 +109,6 @@ def add_user(
         session.flush()
         fingerprints = session.exec(select(UserKey.fingerprint).where(UserKey.user == name)).all()
         return UserEntry(name, tuple(user.groups), user.disabled, tuple(fingerprints))
-
-
-def disable_user(store: Store, name: str, *, actor: str = ADMIN) -> None:
-    with store.transaction() as session:
-        # A reserved name enrolled before names were reserved can still be disabled.
-        user = session.get(User, name if name in RESERVED_USERS else check_user_name(name))
-        if user is None:
-            raise InputError(f"no user {name!r}")
-        user.disabled = True
-        session.add(user)
-        append_event(store, session, actor=actor, action="user.disabled", subject=f"user:{name}")
 
 
 def list_users(store: Store) -> list[UserEntry]:

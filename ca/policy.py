@@ -1,7 +1,7 @@
 """The access policy: who may request which hosts, as which login, for how long, and with whose approval.
 
-A TOML file (``configs/policy.toml``): ``[groups]`` of members, ``[[rule]]`` entries read in order, and an
-optional ``[review]``. :meth:`Policy.loads` validates it all and names the line of any problem;
+A TOML file (``configs/policy.toml``): ``[groups]`` of members, ``[[rule]]`` entries read in order, and the
+optional ``[review]`` and ``[limits]``. :meth:`Policy.loads` validates it all and names the line of any problem;
 :meth:`Policy.evaluate` is pure and returns a :class:`Decision` with its reasons, for ``jit-ssh policy
 explain``. Whatever the policy does not recognise denies.
 """
@@ -22,10 +22,24 @@ from .certs import ALL_USER_EXTENSIONS, DEFAULT_USER_EXTENSIONS, MAX_USER_VALIDI
 from .errors import AccessDenied, ConfigError, InputError
 from .validate import check_login, format_duration, parse_duration
 
-__all__ = ["ANY_USER", "MAX_APPROVALS", "AccessQuery", "Decision", "HostInfo", "Policy", "Rule"]
+__all__ = [
+    "ANY_USER",
+    "DEFAULT_PENDING_PER_USER",
+    "MAX_APPROVALS",
+    "MAX_PENDING_PER_USER",
+    "AccessQuery",
+    "Decision",
+    "HostInfo",
+    "Policy",
+    "Rule",
+]
 
 ANY_USER = "*"  # in requesters: any enrolled user
 MAX_APPROVALS = 10
+#: [limits] pending_per_user: requests one user may have waiting for approval at once.
+DEFAULT_PENDING_PER_USER = 10
+MAX_PENDING_PER_USER = 1000
+_PENDING_CAP = f"a number from 1 to {MAX_PENDING_PER_USER}"
 _NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.@+-]{0,63}")  # users and groups
 _RULE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 _HOST_GLOB = re.compile(r"[A-Za-z0-9.*?!\[\]-]{1,253}")
@@ -160,12 +174,17 @@ class Policy:
     members: Mapping[str, frozenset[str]] = field(default_factory=dict)  # [groups]: group -> users
     reviewer_groups: frozenset[str] = frozenset()  # [review]: who may list and replay sessions
     source: str = "policy.toml"
+    #: [limits]: so that one user's flood of requests cannot bury everyone else's (create_request refuses more).
+    pending_per_user: int = DEFAULT_PENDING_PER_USER
 
     def __post_init__(self) -> None:
         if not self.rules or len({rule.name for rule in self.rules}) != len(self.rules):
             raise ConfigError(
                 f"{self.source}: expected rules with unique names, found {_found([r.name for r in self.rules])}"
             )
+        if not _is_pending_cap(self.pending_per_user):
+            found = _found(self.pending_per_user)
+            raise ConfigError(f"{self.source}: limits.pending_per_user: expected {_PENDING_CAP}, found {found}")
 
     @classmethod
     def load(cls, path: Path) -> Policy:
@@ -284,6 +303,10 @@ def _names(
     return frozenset(value)
 
 
+def _is_pending_cap(value: object) -> bool:
+    return type(value) is int and 1 <= value <= MAX_PENDING_PER_USER  # not bool: pending_per_user = true is a typo
+
+
 def _typed(raw: Mapping[str, object], key: str, kind: type[_T], default: _T | None, what: str) -> _T:
     value = raw.get(key, default)
     if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):  # approvals = true: a typo
@@ -360,10 +383,11 @@ class _Parser:
             line = int(at.group(1)) if at and at.group(1) else max(len(self.lines), 1)
             self.fail(line, f"expected valid TOML, found an error: {_TOML_AT.sub('', str(exc))}")
         for key in data:
-            if key not in ("groups", "review", "rule"):
-                self.fail(self.key_line(key), f"{key}: unknown key; expected groups, review or rule")
+            if key not in ("groups", "limits", "review", "rule"):
+                self.fail(self.key_line(key), f"{key}: unknown key; expected groups, limits, review or rule")
         members = self.names_table("groups", data)
         reviewers = self.names_table("review", data).get("groups", frozenset())
+        pending_cap = self.limits(data)
         raw_rules = data.get("rule")
         if not isinstance(raw_rules, list) or not raw_rules:
             self.fail(self.key_line("rule"), f"expected at least one [[rule]] table, found {_found(raw_rules)}")
@@ -380,7 +404,24 @@ class _Parser:
                 key, message = exc.args
                 line = self.key_line(key, header, "rule") if key else header
                 self.fail(line, f"{key}: {message}" if key else message, where)
-        return Policy(tuple(rules), MappingProxyType(members), reviewers, self.source)
+        return Policy(tuple(rules), MappingProxyType(members), reviewers, self.source, pending_cap)
+
+    def limits(self, data: Mapping[str, object]) -> int:
+        """``[limits]``: only ``pending_per_user = N`` so far."""
+        value, start = data.get("limits", {}), self.key_line("limits")
+        if not isinstance(value, dict):
+            self.fail(start, f"limits: expected a table, found {_found(value)}")
+        for key in value:
+            if key != "pending_per_user":
+                self.fail(
+                    self.key_line(key, start, "limits"),
+                    f"limits: expected only pending_per_user = N, found key {_found(key)}",
+                )
+        cap = value.get("pending_per_user", DEFAULT_PENDING_PER_USER)
+        if not _is_pending_cap(cap):
+            line = self.key_line("pending_per_user", start, "limits")
+            self.fail(line, f"limits.pending_per_user: expected {_PENDING_CAP}, found {_found(cap)}")
+        return int(cap)
 
     def names_table(self, table: str, data: Mapping[str, object]) -> dict[str, frozenset[str]]:
         """``[groups]`` (group = [members]) or ``[review]`` (groups = [...])."""

@@ -15,11 +15,13 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from sqlalchemy import ColumnElement, and_, false, func, or_, true
 from sqlmodel import Session, col, select
 
 from .audit import append_event
 from .certs import Certificate, mint_user_certificate
 from .errors import AccessDenied, GrantExpired, InputError, JitSshError, StoreError
+from .inventory import ADMIN, RESERVED_USERS, check_user_name
 from .keys import PublicKey
 from .krl import KRL
 from .policy import AccessQuery, Decision, HostInfo, Policy
@@ -27,13 +29,15 @@ from .signer import Signer
 from .store import AccessRequest, Approval, Host, IssuedCertificate, Store, User, dumps, loads
 from .validate import check_hostname, check_login, format_duration, target_principal
 
-__all__ = ["MAX_REASON", "MAX_TICKET", "Authority", "RequestState", "RequestView"]
+__all__ = ["LIST_LIMIT", "MAX_REASON", "MAX_TICKET", "Authority", "RequestState", "RequestView"]
 
 MAX_REASON = 500
 MAX_TICKET = 64
 MAX_HOSTS = 32
 MAX_COMMENT = 500
 DEFAULT_PENDING_TIMEOUT = timedelta(hours=1)
+#: Finished requests a listing shows at most (newest first); unfinished ones in view are all shown.
+LIST_LIMIT = 200
 
 Listener = Callable[[str, Mapping[str, Any]], None]
 
@@ -57,6 +61,7 @@ _FINAL = frozenset(
         RequestState.REVOKED,
     }
 )
+_OPEN = (RequestState.PENDING, RequestState.APPROVED)
 
 
 @dataclass(frozen=True, slots=True)
@@ -175,8 +180,10 @@ class Authority:
             pass  # the refusal stands even if it could not be written down
         return error
 
-    def _user(self, session: Session, name: str) -> User:
-        user = session.get(User, name)
+    def _user(self, session: Session, name: str, *, lock: bool = False) -> User:
+        # lock: the row stays locked to the end of the transaction (PostgreSQL; SQLite's writer lock is whole),
+        # so that checks about the user (the pending cap, disabling) cannot interleave between brokers.
+        user = session.get(User, name, with_for_update=lock or None)
         if user is None:
             raise AccessDenied(f"unknown user {name!r}")
         if user.disabled:
@@ -330,7 +337,7 @@ class Authority:
                 raise InputError("start time is more than 7 days ahead")
         try:
             with self.store.transaction() as session:
-                user = self._user(session, requester)
+                user = self._user(session, requester, lock=True)
                 host_infos = self._resolve_hosts(session, hosts, selector)
                 decision = self.policy.evaluate(
                     AccessQuery(
@@ -345,6 +352,8 @@ class Authority:
                 )
                 if not decision.allowed:
                     raise AccessDenied("policy refuses: " + "; ".join(decision.reasons))
+                if self._waits(decision):
+                    self._check_pending_cap(session, requester, now)
                 row = AccessRequest(
                     requester=requester,
                     hosts_json=dumps([h.name for h in host_infos]),
@@ -381,8 +390,31 @@ class Authority:
             self._notify(event, self._payload(view, "policy"))
         return view
 
+    @staticmethod
+    def _waits(decision: Decision) -> bool:
+        """Whether a request so decided waits for approval (rather than being granted at once)."""
+        return not (decision.auto_approve or decision.break_glass) or decision.approvals_required > 0
+
+    def _check_pending_cap(self, session: Session, requester: str, now: float) -> None:
+        """One more pending request of ``requester`` must stay within the policy's cap (timed-out ones not counted)."""
+        limit = self.policy.pending_per_user
+        count = session.exec(
+            select(func.count())
+            .select_from(AccessRequest)
+            .where(
+                AccessRequest.requester == requester,
+                AccessRequest.state == RequestState.PENDING.value,
+                AccessRequest.created_at > now - self.pending_timeout.total_seconds(),
+            )
+        ).one()
+        if count >= limit:
+            raise AccessDenied(
+                f"{requester} has {count} pending requests and the policy allows at most {limit} "
+                "(limits.pending_per_user); cancel one or wait for a decision"
+            )
+
     def _grant_without_approval(self, session: Session, row: AccessRequest, decision: Decision, now: float) -> bool:
-        if not (decision.auto_approve or decision.break_glass) or decision.approvals_required:
+        if self._waits(decision):
             return False
         row.auto_approved = decision.auto_approve
         self._start_grant(row, now)
@@ -486,23 +518,67 @@ class Authority:
                     allowed = set(view.approver_groups) | set(self.policy.reviewer_groups)
                     if actor != row.requester and not groups & allowed:
                         raise AccessDenied(f"{actor} may not revoke request {request_id}")
-                if row.state not in (RequestState.APPROVED, RequestState.PENDING):
+                if row.state not in _OPEN:
                     raise AccessDenied(f"request {request_id} is {row.state}; nothing to revoke")
-                certs = session.exec(select(IssuedCertificate).where(IssuedCertificate.request_id == request_id)).all()
-                serials = []
-                for cert in certs:
-                    cert.revoked = True
-                    session.add(cert)
-                    serials.append(cert.serial)
-                self._transition(
-                    session, row, RequestState.REVOKED, actor=actor, now=self.clock(), note=note,
-                    details={"serials": serials},
-                )  # fmt: skip
+                serials = self._revoke_row(session, row, actor=actor, now=self.clock(), note=note)
                 view = self._view(session, row)
         except (AccessDenied, InputError) as exc:
             raise self._refuse(actor, "request.revoke", f"request:{request_id}", exc) from None
         self._notify("request.revoked", self._payload(view, actor, why=note))
         return view, serials
+
+    def _revoke_row(
+        self, session: Session, row: AccessRequest, *, actor: str, now: float, note: str | None
+    ) -> list[int]:
+        """Revoke a pending or approved request and every certificate issued for it; returns their serials."""
+        certs = session.exec(select(IssuedCertificate).where(IssuedCertificate.request_id == row.id)).all()
+        for cert in certs:
+            cert.revoked = True
+            session.add(cert)
+        serials = [cert.serial for cert in certs]
+        self._transition(
+            session, row, RequestState.REVOKED, actor=actor, now=now, note=note, details={"serials": serials}
+        )
+        return serials
+
+    def disable_user(self, name: str, *, actor: str = ADMIN) -> list[tuple[RequestView, list[int]]]:
+        """Disable ``name`` and end what they hold, in one transaction: every grant and pending request of
+        theirs is revoked, with its certificates (for the KRL), and the user is marked disabled. Brokers
+        then close the user's live sessions and refuse their certificates and keys.
+
+        Returns the revoked requests with the serials each revoked.
+        """
+        # A reserved name enrolled before names were reserved can still be disabled.
+        if name not in RESERVED_USERS:
+            check_user_name(name)
+        with self.store.transaction() as session:
+            now = self.clock()
+            user = session.get(User, name, with_for_update=True)
+            if user is None:
+                raise InputError(f"no user {name!r}")
+            rows = session.exec(
+                select(AccessRequest)
+                .where(AccessRequest.requester == name, col(AccessRequest.state).in_(_OPEN))
+                .order_by(col(AccessRequest.id))
+            ).all()
+            ended: list[tuple[AccessRequest, list[int]]] = []
+            for row in rows:
+                self._lapse(session, row, now)  # what has run out expires as it would have; the rest is revoked
+                if row.state in _OPEN:
+                    ended.append(
+                        (row, self._revoke_row(session, row, actor=actor, now=now, note=f"user {name} disabled"))
+                    )
+            user.disabled = True
+            session.add(user)
+            append_event(
+                self.store, session, actor=actor, action="user.disabled", subject=f"user:{name}",
+                details={"requests": [row.id for row, _ in ended], "serials": [s for _, ss in ended for s in ss]},
+                moment=now,
+            )  # fmt: skip
+            revoked = [(self._view(session, row), serials) for row, serials in ended]
+        for view, _ in revoked:
+            self._notify("request.revoked", self._payload(view, actor, why=f"user {name} disabled"))
+        return revoked
 
     # -- certificates ----------------------------------------------------------------------------
     def issue_certificate(
@@ -595,29 +671,42 @@ class Authority:
     def list_requests(
         self, *, viewer: str | None, mine: bool = False, pending: bool = False, include_final: bool = False
     ) -> list[RequestView]:
-        """What ``viewer`` asked for and what waits for them; a local admin (None) sees everything."""
+        """What ``viewer`` asked for and what waits for them, newest first; a local admin (None) sees everything.
+
+        The database selects what is shown, so that nobody's requests, however many, push anyone else's out
+        of a listing: every unfinished request in view (pending ones are capped per user by the policy, grants
+        run out), and with ``include_final`` the newest :data:`LIST_LIMIT` finished ones as well.
+        ``pending`` shows only the pending requests ``viewer`` may approve (never their own).
+        """
+        if pending and mine:
+            return []  # nobody approves their own requests
         with self.store.transaction() as session:
             now = self.clock()
-            groups: frozenset[str] = frozenset()
+            shown: ColumnElement[bool] = true()
             if viewer is not None:
-                groups = self._groups(self._user(session, viewer))
-            out = []
-            rows = session.exec(select(AccessRequest).order_by(col(AccessRequest.id).desc()).limit(500)).all()
-            for row in rows:
+                own = col(AccessRequest.requester) == viewer
+                approvable = self._approvable_by(viewer, self._groups(self._user(session, viewer)))
+                shown = approvable if pending else own if mine else or_(own, approvable)
+            states = [RequestState.PENDING] if pending else list(_OPEN)
+            query = select(AccessRequest).order_by(col(AccessRequest.id).desc())
+            rows = {}
+            for row in session.exec(query.where(shown, col(AccessRequest.state).in_(states))).all():
                 self._lapse(session, row, now)
-                view = self._view(session, row)
-                is_mine = viewer is None or row.requester == viewer
-                can_approve = viewer is None or (row.requester != viewer and bool(groups & set(view.approver_groups)))
-                if mine and not is_mine:
-                    continue
-                if pending and not (view.state is RequestState.PENDING and can_approve and not mine):
-                    continue
-                if not (is_mine or can_approve):
-                    continue
-                if not include_final and view.state in _FINAL and not pending:
-                    continue
-                out.append(view)
-        return out
+                if row.state in states or (include_final and not pending):
+                    rows[row.id] = row
+            if include_final and not pending:
+                finished = query.where(shown, col(AccessRequest.state).in_(_FINAL)).limit(LIST_LIMIT)
+                for row in session.exec(finished).all():
+                    rows.setdefault(row.id, row)  # those that lapsed just now are there already
+            return [self._view(session, row) for row in sorted(rows.values(), key=lambda r: r.id or 0, reverse=True)]
+
+    @staticmethod
+    def _approvable_by(viewer: str, groups: frozenset[str]) -> ColumnElement[bool]:
+        """Requests of others whose approver groups (a JSON list of names in the row) meet ``groups``."""
+        column = col(AccessRequest.approver_groups_json)
+        # '"sre"' inside '["dba","sre"]': names cannot hold quotes, and autoescape keeps '_' and '%' literal.
+        meets = [column.contains(dumps(group), autoescape=True) for group in sorted(groups)]
+        return and_(col(AccessRequest.requester) != viewer, or_(false(), *meets))
 
     def sweep(self) -> int:
         """Time out stale pending requests and expire finished grants; returns how many moved."""

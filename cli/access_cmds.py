@@ -10,13 +10,11 @@ from typing import Annotated, Any
 import typer
 from jit_ssh.broker.config import BrokerConfig
 from jit_ssh.ca import AccessDenied, Certificate, JitSshError, PublicKey
-from jit_ssh.ca.policy import Policy
-from jit_ssh.ca.store import Store
 from jit_ssh.ca.validate import parse_duration
-from jit_ssh.ca.workflow import Authority
 from rich.status import Status
 from rich.text import Text
 
+from .admin_cmds import local_authority, publish_krl
 from .client import ControlClient, call, run_async
 from .files import write_atomic
 from .output import console, emit_json, error_console, plain
@@ -205,10 +203,11 @@ def register(app: typer.Typer) -> None:
             decision("revoke", {"id": request_id, **({"reason": reason} if reason else {})}, as_json)
             return
         # Brokers poll the store every second and close the grant's sessions; the KRL they serve is
-        # computed from the store on each fetch, so it changes at once too.
+        # computed from the store on each fetch, so it changes at once too, and so does DATA_DIR/revoked.krl.
         cfg = BrokerConfig.load(config)
-        authority = Authority(Store(cfg.store_url), Policy.load(cfg.policy))
+        authority = local_authority(cfg)
         view, serials = authority.revoke(request_id, actor="admin", reason=reason)
+        publish_krl(cfg, authority)
         if as_json:
             emit_json({**view.as_dict(), "revoked_serials": serials})
         else:

@@ -14,28 +14,30 @@ import typer
 from jit_ssh.broker.config import BrokerConfig
 from jit_ssh.broker.control import HOST_GROUP
 from jit_ssh.broker.server import Broker
-from jit_ssh.ca import InputError, JitSshError, PublicKey, passphrase_from_env
+from jit_ssh.ca import CADirectory, CARole, InputError, JitSshError, PublicKey, passphrase_from_env
 from jit_ssh.ca.audit import iter_events, verify_chain
 from jit_ssh.ca.inventory import (
     HostEntry,
     UserEntry,
     add_host,
     add_user,
-    disable_user,
     list_hosts,
     list_users,
     parse_labels,
 )
 from jit_ssh.ca.policy import AccessQuery, HostInfo, Policy
-from jit_ssh.ca.store import Host, Store, User
+from jit_ssh.ca.store import AccessRequest, Host, Store, User
 from jit_ssh.ca.validate import parse_duration
+from jit_ssh.ca.workflow import Authority, RequestState
 from rich.table import Table
 from rich.text import Text
+from sqlmodel import func, select
 
 from .enroll import build_bundle
+from .files import write_atomic
 from .output import console, emit_json, plain, printable
 
-__all__ = ["register"]
+__all__ = ["local_authority", "publish_krl", "register"]
 
 ConfigOption = Annotated[
     Path | None,
@@ -53,11 +55,32 @@ def _config(option: Path | None) -> BrokerConfig:
     return BrokerConfig.load(BrokerConfig.locate(option))
 
 
-def _store(option: Path | None) -> Store:
-    config = _config(option)
+def _open_store(config: BrokerConfig) -> Store:
     if not config.database_url:
         config.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     return Store(config.store_url)
+
+
+def _store(option: Path | None) -> Store:
+    return _open_store(_config(option))
+
+
+def local_authority(config: BrokerConfig) -> Authority:
+    """The bastion's admin acting on the store directly (no CA key loaded): revocations and disabling.
+
+    Brokers poll the store every second and close the sessions this ends; :func:`publish_krl` updates the KRL.
+    """
+    return Authority(_open_store(config), Policy.load(config.policy), pending_timeout=config.pending_timeout)
+
+
+def publish_krl(config: BrokerConfig, authority: Authority) -> Path:
+    """Rewrite ``DATA_DIR/revoked.krl`` as a broker does after a revocation over the control plane, so that
+    a local admin's revocation reaches that file at once rather than at the broker's next start."""
+    ca = CADirectory(config.ca_dir)
+    krl = authority.krl(access_ca=ca.public_key(CARole.ACCESS), user_ca=ca.public_key(CARole.USER))
+    target = config.data_dir / "revoked.krl"
+    write_atomic(target, krl.to_bytes(), mode=0o644)
+    return target
 
 
 def _read_key(path: Path) -> PublicKey:
@@ -86,10 +109,27 @@ def user_add(
 
 
 @user_app.command("disable")
-def user_disable(name: Annotated[str, typer.Argument()], config: ConfigOption = None) -> None:
-    """Disable a user: the broker refuses their keys from now on."""
-    disable_user(_store(config), name)
-    console.print(plain(f"User {name} disabled"))
+def user_disable(
+    name: Annotated[str, typer.Argument()], config: ConfigOption = None, as_json: JsonOption = False
+) -> None:
+    """Disable a user and end their access.
+
+    Their grants and pending requests are revoked, with their certificates (DATA_DIR/revoked.krl is
+    rewritten); brokers close their live sessions within a second and refuse their keys and certificates.
+    """
+    cfg = _config(config)
+    authority = local_authority(cfg)
+    revoked = authority.disable_user(name)
+    publish_krl(cfg, authority)
+    ids = [view.id for view, _ in revoked]
+    serials = sorted(serial for _, some in revoked for serial in some)
+    if as_json:
+        emit_json({"user": name, "disabled": True, "revoked_requests": ids, "revoked_serials": serials})
+    elif ids:
+        listed = f"request {ids[0]}" if len(ids) == 1 else f"requests {', '.join(map(str, ids))}"
+        console.print(plain(f"User {name} disabled; {listed} revoked, {len(serials)} certificate(s) in the KRL"))
+    else:
+        console.print(plain(f"User {name} disabled; no grant or pending request to revoke"))
 
 
 @user_app.command("list")
@@ -277,6 +317,11 @@ def policy_explain(
         host_row = session.get(Host, host)
         groups = policy.groups_of(user, user_row.groups if user_row else [])
         labels = host_row.labels if host_row else {}
+        pending = session.exec(
+            select(func.count())
+            .select_from(AccessRequest)
+            .where(AccessRequest.requester == user, AccessRequest.state == RequestState.PENDING.value)
+        ).one()
     decision = policy.evaluate(
         AccessQuery(user=user, groups=groups, hosts=(HostInfo(host, labels),), login=login,
                     duration=parse_duration(duration), break_glass=break_glass)
@@ -284,12 +329,19 @@ def policy_explain(
     if as_json:
         emit_json({"allowed": decision.allowed, "reasons": list(decision.reasons), "rules": list(decision.rules),
                    "approvals_required": decision.approvals_required,
-                   "approver_groups": sorted(decision.approver_groups)})  # fmt: skip
+                   "approver_groups": sorted(decision.approver_groups),
+                   "pending_per_user": policy.pending_per_user, "pending": pending})  # fmt: skip
         return
     verdict = ("allowed", "green") if decision.allowed else ("denied", "red")
     console.print(Text.assemble(plain(f"{user} -> {login}@{host} for {duration}: "), verdict))
     for reason in decision.reasons:
         console.print(plain(f"  - {reason}"))
+    console.print(
+        plain(
+            f"  - pending requests: at most {policy.pending_per_user} a user (limits.pending_per_user); "
+            f"{user} has {pending}"
+        )
+    )
 
 
 class _TextFormatter(logging.Formatter):

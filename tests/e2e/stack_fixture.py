@@ -35,12 +35,14 @@ __all__ = [
     "audit_events",
     "cached_certificate",
     "cli_json",
+    "control_master",
     "ended_session",
     "forge_certificate",
     "grep_ids",
     "indexed",
     "just_before",
     "last_audit_seq",
+    "live_shell",
     "metadata",
     "read_certificate",
     "recording_frames",
@@ -326,6 +328,33 @@ class PtyClient:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def live_shell(argv: Sequence[str]) -> PtyClient:
+    """A live interactive session: ``argv`` (``ssh -tt ...``) in a pty, its shell seen to run a command."""
+    client = PtyClient(argv)
+    try:
+        client.send("echo live-$((20+3))\r")
+        client.expect("live-23")
+    except BaseException:
+        client.close()
+        raise
+    return client
+
+
+@contextlib.contextmanager
+def control_master(argv: Sequence[str], control: Path) -> Iterator[list[str]]:
+    """An OpenSSH ControlMaster (``ssh -M -N``) for ``argv``; yields the argv of clients that share its connection."""
+    master = subprocess.Popen(
+        [*argv[:-1], "-M", "-S", str(control), "-N", argv[-1]],
+        stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        wait_for(control.exists, timeout=20, what="the control socket")
+        yield [*argv[:-1], "-S", str(control), argv[-1]]
+    finally:
+        master.kill()
+        master.wait()
 
 
 @contextlib.contextmanager

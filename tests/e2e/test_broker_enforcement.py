@@ -21,6 +21,7 @@ from tests.e2e.stack_fixture import (
     ended_session,
     granted,
     last_audit_seq,
+    live_shell,
     metadata,
     read_certificate,
     recording_frames,
@@ -42,14 +43,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalStack]:
 
 
 def _shell(stack: LocalStack, request_id: int) -> PtyClient:
-    client = PtyClient(ssh_argv(stack, "alice", request_id, extra=["-tt"]))
-    try:
-        client.send("echo live-$((20+3))\r")
-        client.expect("live-23")
-    except BaseException:
-        client.close()
-        raise
-    return client
+    return live_shell(ssh_argv(stack, "alice", request_id, extra=["-tt"]))
 
 
 def test_revocation_cuts_a_live_session_off(stack: LocalStack) -> None:

@@ -15,7 +15,16 @@ from pathlib import Path
 import pytest
 from jit_ssh.cli.stack import LocalStack
 
-from tests.e2e.stack_fixture import granted, open_sockets, run_ssh, session_rows, ssh_argv, started_stack, wait_for
+from tests.e2e.stack_fixture import (
+    control_master,
+    granted,
+    open_sockets,
+    run_ssh,
+    session_rows,
+    ssh_argv,
+    started_stack,
+    wait_for,
+)
 
 pytestmark = pytest.mark.e2e
 
@@ -50,19 +59,12 @@ def test_a_client_without_sessions_does_not_keep_a_host_login(stack: LocalStack)
 
 def test_a_control_master_gets_a_new_onward_connection_after_the_idle_close(stack: LocalStack, tmp_path: Path) -> None:
     request_id = granted(stack)
-    control = tmp_path / "ctl"
-    base = ssh_argv(stack, "alice", request_id)
-    master = subprocess.Popen(
-        [*base[:-1], "-M", "-S", str(control), "-N", base[-1]],
-        stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )  # fmt: skip
-    try:
-        wait_for(control.exists, timeout=20, what="the control socket")
+    with control_master(ssh_argv(stack, "alice", request_id), tmp_path / "ctl") as shared:
         since = time.time() - 0.01
-        first = run_ssh([*base[:-1], "-S", str(control), base[-1], "echo one"])
+        first = run_ssh([*shared, "echo one"])
         assert (first.returncode, first.stdout) == (0, b"one\n"), first.stderr
         time.sleep(2.5)  # past onward_idle: the broker closed its connection to the host
-        second = run_ssh([*base[:-1], "-S", str(control), base[-1], "echo two"])
+        second = run_ssh([*shared, "echo two"])
         assert (second.returncode, second.stdout) == (0, b"two\n"), second.stderr
         rows = wait_for(
             lambda: (r := session_rows(stack, since=since)) and len(r) == 2 and all(x["ended_at"] for x in r) and r,
@@ -71,6 +73,3 @@ def test_a_control_master_gets_a_new_onward_connection_after_the_idle_close(stac
         serials = [row["onward_serial"] for row in rows]
         assert None not in serials
         assert serials[0] != serials[1], "the second session went over a new onward connection"
-    finally:
-        master.kill()
-        master.wait()

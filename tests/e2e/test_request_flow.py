@@ -359,3 +359,21 @@ def test_unknown_and_disabled_users_are_refused_and_audited(bastion: tuple[Broke
     ]
     assert any(r.endswith("is not enrolled") for r in reasons), reasons
     assert "user 'frank' is disabled" in reasons
+
+
+def test_the_pending_cap_is_explained_and_refuses_one_request_more(site: BrokerSite) -> None:
+    explained = ok(site.admin("policy", "explain", "carol", "prod-web-3", "--json"))
+    assert explained["pending_per_user"] == 10
+    filed = [request(site, "carol", "prod-web-3", "--login", "ubuntu")["id"] for _ in range(10 - explained["pending"])]
+    text = ok(site.admin("policy", "explain", "carol", "prod-web-3"))
+    assert "pending requests: at most 10 a user (limits.pending_per_user); carol has 10" in text
+    before = site.last_seq()
+    line = refused(
+        site.as_user("carol", "request", "prod-web-3", "--reason", "one more", "--login", "ubuntu", "--no-wait"),
+        r"carol has 10 pending requests and the policy allows at most 10 \(limits\.pending_per_user\)",
+    )
+    assert [(actor, action) for _, actor, action, _ in site.audit_actions(before)] == [
+        ("carol", "request.create.refused")
+    ], line
+    for request_id in filed:  # the requests of later tests are not held back by these
+        ok(site.as_user("carol", "cancel", str(request_id)))

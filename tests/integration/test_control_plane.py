@@ -16,10 +16,13 @@ from typing import Any
 import asyncssh
 import pytest
 from jit_ssh.broker.control import _SPECS, VERBS
-from jit_ssh.ca.inventory import add_user, disable_user
+from jit_ssh.ca.inventory import add_user
+from jit_ssh.ca.policy import Policy
 from jit_ssh.ca.store import Store
+from jit_ssh.ca.workflow import Authority
 
 from tests.integration.broker_fixture import (
+    POLICY,
     BrokerProcess,
     BrokerSite,
     SshReply,
@@ -412,7 +415,7 @@ def test_a_disabled_user_is_refused_at_ssh_level_and_audited(bastion: tuple[Brok
         add_user(store, "zoe", keys=[public], groups=["dev"])
         _connect(site, broker.port, "zoe", [str(key)])  # gets in while enabled
         seq = site.last_seq()
-        disable_user(store, "zoe")
+        Authority(store, Policy.loads(POLICY)).disable_user("zoe")
     finally:
         store.dispose()
     with pytest.raises(asyncssh.PermissionDenied):

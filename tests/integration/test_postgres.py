@@ -29,6 +29,7 @@ from jit_ssh.ca.store import AuditEvent, Counter, IssuedCertificate, Store, User
 from jit_ssh.ca.workflow import Authority, RequestState
 from sqlmodel import col, select
 
+from tests.integration.test_listings import check_a_flood_hides_nothing
 from tests.integration.test_store_migration import as_version_1, check_upgraded
 from tests.integration.test_workflow import KEYS, Clock, make_authority
 
@@ -264,3 +265,9 @@ def test_a_version_1_database_is_upgraded_keeping_its_data(pg_url: str) -> None:
     as_version_1(pg_url)
     check_upgraded(pg_url)
     check_upgraded(pg_url)
+
+
+def test_listings_filter_in_the_database_on_postgres(pg_url: str, user_ca: KeySigner) -> None:
+    authority = make_authority(pg_url, user_ca, Clock())
+    check_a_flood_hides_nothing(authority)  # the same SQL filters (JSON text matched with LIKE) on PostgreSQL
+    authority.store.dispose()

@@ -27,8 +27,8 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule, run_state_machine_as_test
 from jit_ssh.ca import AccessDenied, Certificate, CertType, GrantExpired, InputError, JitSshError, KeySigner, PublicKey
 from jit_ssh.ca.audit import verify_chain
-from jit_ssh.ca.inventory import add_host, add_user, disable_user
-from jit_ssh.ca.policy import Policy
+from jit_ssh.ca.inventory import add_host, add_user
+from jit_ssh.ca.policy import DEFAULT_PENDING_PER_USER, Policy
 from jit_ssh.ca.store import Store
 from jit_ssh.ca.workflow import MAX_REASON, Authority, RequestState
 
@@ -76,10 +76,11 @@ def make_authority(path: str | Path, signer: KeySigner, clock: Clock) -> Authori
     store = Store(path)
     for name in (*ENABLED, "mallory"):
         add_user(store, name, keys=[], groups=STORE_GROUPS.get(name, []))
-    disable_user(store, "mallory")
     for host, labels in HOSTS.items():
         add_host(store, host, address="127.0.0.1", labels=labels)
-    return Authority(store, Policy.loads(POLICY), user_ca=signer, clock=clock)
+    authority = Authority(store, Policy.loads(POLICY), user_ca=signer, clock=clock)
+    authority.disable_user("mallory")
+    return authority
 
 
 @pytest.fixture
@@ -497,6 +498,8 @@ class WorkflowMachine(RuleBasedStateMachine):
         now = self.clock()
         terms = model_decision(requester, hosts, login, minutes * 60, extensions, break_glass)
         valid_input = login != "Root" and bool(reason) and len(reason) <= MAX_REASON and start != 8 * 24 * HOUR
+        waiting = sum(req.requester == requester and self._lapse(req) == "pending" for req in self.requests)
+        capped = terms is not None and not terms.at_once and waiting >= DEFAULT_PENDING_PER_USER
         try:
             view = self.authority.create_request(
                 requester=requester, hosts=hosts, login=login, duration=timedelta(minutes=minutes), reason=reason,
@@ -504,10 +507,11 @@ class WorkflowMachine(RuleBasedStateMachine):
                 extensions=extensions, break_glass=break_glass,
             )  # fmt: skip
         except JitSshError:
-            assert terms is None or not valid_input, spec
-            event("create: refused")
+            assert terms is None or not valid_input or capped, spec
+            event("create: refused (pending cap)" if valid_input and capped else "create: refused")
             return
         assert terms is not None, f"granted a request the policy refuses: {spec}"
+        assert not capped, f"a pending request beyond the cap: {spec}"
         assert valid_input
         event(f"create: {'granted at once' if view.state is RequestState.APPROVED else 'pending'}")
         assert set(view.hosts) == set(hosts)

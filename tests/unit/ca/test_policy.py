@@ -59,6 +59,7 @@ def test_example_loads(example: Policy) -> None:
     assert example.groups_of("alice", ["admins"]) == {"admins", "sre"}
     assert example.groups_of("nobody", []) == frozenset()
     assert example.source == str(EXAMPLE)
+    assert example.pending_per_user == 10  # the default, which the example documents
 
 
 def test_prod_needs_one_approval_from_sre_or_security(example: Policy) -> None:
@@ -373,7 +374,7 @@ def test_rule_errors_name_the_line(changes: dict[str, str | None], line: int, fr
 @pytest.mark.parametrize(
     ("text", "line", "fragment"),
     [
-        ("policy = 1\n" + BASE, 1, "policy: unknown key; expected groups, review or rule"),
+        ("policy = 1\n" + BASE, 1, "policy: unknown key; expected groups, limits, review or rule"),
         (BASE + "\n[rules]\nname = 'x'\n", 13, "rules: unknown key"),
         (BASE.replace('hosts = ["prod-*"]', "hosts = [prod-*]"), 6, "expected valid TOML, found an error: Invalid"),
         (BASE + 'approvers = ["sre"]\n', 12, "expected valid TOML, found an error: Cannot overwrite a value"),
@@ -395,6 +396,12 @@ def test_rule_errors_name_the_line(changes: dict[str, str | None], line: int, fr
         ("rule = [1]\n", 1, "(rule #1): expected a [[rule]] table, found 1"),
         (BASE + "\n[review]\ngroups = ['security', 'x y']\n", 14, "review.groups: expected names such as"),
         (BASE + "\n[review]\ngroup = ['security']\n", 14, "review: expected only groups = [...], found key 'group'"),
+        (BASE + "\n[limits]\npending_per_user = 0\n", 14, "limits.pending_per_user: expected a number from 1 to 1000"),
+        (BASE + "\n[limits]\npending_per_user = 1001\n", 14, "expected a number from 1 to 1000, found 1001"),
+        (BASE + "\n[limits]\npending_per_user = true\n", 14, "expected a number from 1 to 1000, found True"),
+        (BASE + "\n[limits]\npending_per_user = '5'\n", 14, "expected a number from 1 to 1000, found '5'"),
+        (BASE + "\n[limits]\npending = 5\n", 14, "limits: expected only pending_per_user = N, found key 'pending'"),
+        ("limits = 5\n" + BASE, 1, "limits: expected a table, found 5"),
         (
             BASE + "\n" + rule_text("staging", 'hosts = ["staging-*"]', max_duration='"8 hours"'),
             18,
@@ -433,6 +440,14 @@ def test_valid_variants_load() -> None:
     decision = ask(no_pty, "alice", HostInfo("prod-1", {}))
     assert decision.allowed
     assert decision.extensions == frozenset()
+
+
+def test_the_pending_cap_is_set_in_limits() -> None:
+    assert Policy.loads(BASE).pending_per_user == 10
+    assert Policy.loads(BASE + "\n[limits]\npending_per_user = 3\n").pending_per_user == 3
+    assert Policy.loads("[limits]\npending_per_user = 1000\n\n" + BASE).pending_per_user == 1000
+    with pytest.raises(ConfigError, match="pending_per_user: expected a number from 1 to 1000, found 0"):
+        Policy(Policy.loads(BASE).rules, pending_per_user=0)
 
 
 def test_load_names_the_file(tmp_path: Path) -> None:
