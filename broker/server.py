@@ -56,6 +56,7 @@ from .control import (
 )
 from .notify import Notifier
 from .proxy import ProxySession
+from .refusals import SUMMARY_ACTION, RefusalLimiter, clip, source_of
 from .review import index_recording, record_review, recording_of, save_index
 from .session import ClientConnection, Grant
 from .tcp import quick_acks
@@ -69,7 +70,12 @@ _ENFORCE_INTERVAL = 0.25
 _STATE_POLL = 1.0
 _HOST_CERT_VALIDITY = timedelta(days=30)
 _ONWARD_TIMEOUT = 15.0
-_AUTH_AUDIT_BURST = 60
+#: Refusal events a minute (refused keys and certificates, failed sessions, refused reviews), and the
+#: share of one source (a peer address or a user); the rest is counted in one summary (refusals.py).
+REFUSAL_BURST = 60
+REFUSAL_PER_SOURCE = 30
+#: Characters kept of each text a client chose (a key id, a user name, a reason quoting them).
+_REFUSAL_FIELD = 300
 #: The broker's own hop prefers AES-GCM, which asyncssh relays 1.5 to 2 times as fast as its default first
 #: choice, chacha20-poly1305 (with AES-NI, on loopback); asyncssh's other defaults follow, for any host.
 _ONWARD_CIPHERS = (
@@ -111,8 +117,7 @@ class Broker:
         self._tasks: set[asyncio.Task[Any]] = set()
         self._loops: list[asyncio.Task[None]] = []
         self.live: dict[int, set[ProxySession]] = {}
-        #: [window start, audited in window, held back in window] for refused-key audit events.
-        self._auth_window: list[float] = [time.monotonic(), 0, 0]
+        self.refusals = RefusalLimiter(burst=REFUSAL_BURST, per_source=REFUSAL_PER_SOURCE)
         self.port = 0
 
     # -- host identity ---------------------------------------------------------------------------
@@ -208,6 +213,7 @@ class Broker:
             task.cancel()
         # What is left are the session_ended writes: the recordings' digests must reach the store.
         await asyncio.gather(*self._loops, *self._tasks, return_exceptions=True)
+        await self.flush_refusals(force=True)
         await self.notifier.stop()
         self.store.dispose()
 
@@ -226,6 +232,7 @@ class Broker:
     async def _sweeper(self) -> None:
         while True:
             await asyncio.sleep(_SWEEP_INTERVAL)
+            await self.flush_refusals()  # a flood's count is reported once its minute is over, even if it stopped
             try:
                 moved = await asyncio.to_thread(self.authority.sweep)
                 if moved:
@@ -294,7 +301,7 @@ class Broker:
     def _refuse_session(self, username: str, cert: Certificate, peer: str, reason: str, audit: bool) -> AccessDenied:
         if audit:
             self.audit_refusal(
-                "session.refused", f"target:{username[:300]}",
+                "session.refused", f"target:{username}",
                 {"serial": cert.serial, "key_id": cert.key_id, "peer": peer, "reason": reason},
             )  # fmt: skip
         return AccessDenied(reason)
@@ -479,13 +486,44 @@ class Broker:
         except (OSError, ValueError, ImportError, JitSshError) as exc:
             log.warning("could not index session %s: %s", session_id, exc)
 
+    # -- refusals clients can cause in bulk ------------------------------------------------------
+    def audit_refusal(
+        self, action: str, subject: str, details: Mapping[str, Any], source: str | None = None, actor: str = "jit-ssh"
+    ) -> None:
+        """Audit a refusal within the refusal limit (refusals.py), from a worker thread.
+
+        ``source`` is whom the limit counts it against: the peer's address in ``details`` unless given.
+        Every text field is bounded, so that the event is never cut as a whole and keeps its peer and reason.
+        """
+        self._write_refusals(self._admit_refusal(action, subject, details, source, actor))
+
+    def _admit_refusal(
+        self, action: str, subject: str, details: Mapping[str, Any], source: str | None, actor: str = "jit-ssh"
+    ) -> list[tuple[str, str, str, dict[str, Any]]]:
+        """The events to write for one refusal: a summary of an earlier window, and this one if admitted."""
+        peer = str(details.get("peer") or "")
+        admitted, summary = self.refusals.admit(action, source or source_of(peer) or subject)
+        events = [] if summary is None else [("jit-ssh", SUMMARY_ACTION, "broker", summary)]
+        if admitted:
+            bounded = {k: clip(v, _REFUSAL_FIELD) if isinstance(v, str) else v for k, v in details.items()}
+            events.append((clip(actor, 64), action, clip(subject, _REFUSAL_FIELD), bounded))
+        return events
+
+    def _write_refusals(self, events: list[tuple[str, str, str, dict[str, Any]]]) -> None:
+        for actor, action, subject, details in events:
+            try:
+                with self.store.transaction() as session:
+                    append_event(self.store, session, actor=actor, action=action, subject=subject, details=details)
+            except StoreError as exc:
+                log.warning("could not audit %s: %s", action, exc)
+
+    async def flush_refusals(self, *, force: bool = False) -> None:
+        """Audit the count of refusals held back in a window that is over (``force``: now, at shutdown)."""
+        summary = self.refusals.summary(force=force)
+        if summary is not None:
+            await asyncio.to_thread(self._write_refusals, [("jit-ssh", SUMMARY_ACTION, "broker", summary)])
+
     # -- authentication (control face) -----------------------------------------------------------
-    def audit_refusal(self, action: str, subject: str, details: dict[str, Any]) -> None:
-        try:
-            with self.store.transaction() as session:
-                append_event(self.store, session, actor="jit-ssh", action=action, subject=subject, details=details)
-        except StoreError as exc:
-            log.warning("could not audit %s: %s", action, exc)
 
     async def authenticate(self, username: str, key: PublicKey, peer: str) -> str | None:
         """The user an enrolled ``key`` belongs to, if that is ``username``; refusals are audited."""
@@ -501,22 +539,11 @@ class Broker:
         return user
 
     async def _audit_auth_refusal(self, username: str, details: dict[str, Any]) -> None:
-        """Audit refused keys, at most _AUTH_AUDIT_BURST a minute: clients that have not authenticated
-        must not be able to flood the audit log. What is held back is counted in one later event."""
-        now = time.monotonic()
-        if now - self._auth_window[0] >= 60:
-            suppressed = self._auth_window[2]
-            self._auth_window = [now, 0, 0]
-            if suppressed:
-                await asyncio.to_thread(
-                    self.audit_refusal, "auth.refused.suppressed", "broker", {"count": suppressed, "per": "minute"}
-                )
-        if self._auth_window[1] >= _AUTH_AUDIT_BURST:
-            self._auth_window[2] += 1
-            log.warning("auth refused for %s (audit rate limit reached): %s", username[:64], details.get("reason"))
-            return
-        self._auth_window[1] += 1
-        await asyncio.to_thread(self.audit_refusal, "auth.refused", f"user:{username[:64]}", details)
+        """Audit a refused key within the refusal limit: clients that have not authenticated must not be
+        able to flood the audit log. Decided here, so that a refusal held back costs no worker thread."""
+        events = self._admit_refusal("auth.refused", f"user:{username[:64]}", details, None)
+        if events:
+            await asyncio.to_thread(self._write_refusals, events)
 
     # -- control commands ------------------------------------------------------------------------
     def control_session(self, user: str) -> ControlSession:
