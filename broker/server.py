@@ -578,23 +578,37 @@ class Broker:
         return None
 
     async def open_stream(self, user: str, verb: str, args: Mapping[str, Any]) -> tuple[Path, Callable[[], bool]]:
-        """Check and audit a replay, export or watch; returns the recording and a 'still live' test."""
+        """Check and audit a replay, export or watch; returns the recording and a 'still live' test.
+
+        Following a live session is watching it, whatever the command: the user is told, and it is
+        audited as ``session.watch`` (a replay of a live session follows it).
+        """
         session_id = str(args["id"])
         purpose = str(args.get("purpose", "export")) if verb == "export" else "watch"
         if purpose not in ("export", "replay", "watch"):
             raise InputError(f"purpose must be export or replay, found {purpose[:20]!r}")
+        follow = verb == "watch" or bool(args.get("follow"))
 
-        def check() -> Path:
-            require_reviewer(ControlContext(self.authority, user))
-            path, _ = recording_of(self.store, session_id)
-            record_review(self.store, actor=user, action=f"session.{purpose}", session_id=session_id)
-            return path
+        def check() -> tuple[Path, str]:
+            require_reviewer(self.control_context(user), purpose, session_id)
+            path, running = recording_of(self.store, session_id)
+            action = "watch" if follow and running else purpose
+            record_review(self.store, actor=user, action=f"session.{action}", session_id=session_id)
+            return path, action
 
-        path = await asyncio.to_thread(check)
+        path, action = await asyncio.to_thread(check)
         proxy = self.live_session(session_id)
-        if verb == "watch" and proxy is not None and self.config.notify_watched:
+        if action == "watch" and proxy is not None and self.config.notify_watched:
             proxy.notice(f"{user} is watching this session")
         return path, lambda: self.live_session(session_id) is not None
+
+    def control_context(self, user: str, on_revoke: Callable[[int, list[int]], None] | None = None) -> ControlContext:
+        """What a control command of ``user`` runs with; its refusals count against the refusal limit as theirs."""
+
+        def refused(action: str, subject: str, details: dict[str, Any]) -> None:
+            self.audit_refusal(action, subject, details, source=f"user:{user}", actor=user)
+
+        return ControlContext(self.authority, user, on_revoke=on_revoke, on_refusal=refused)
 
     async def run_control(self, user: str, command: str, raw: bytes) -> tuple[dict[str, Any], int]:
         started = time.monotonic()
@@ -605,7 +619,7 @@ class Broker:
             loop.call_soon_threadsafe(self.end_grant, request_id, f"grant {request_id} revoked: session closed")
             self.publish_krl()  # the published KRL changes at once (we run in a worker thread here)
 
-        ctx = ControlContext(self.authority, user, on_revoke=revoked)
+        ctx = self.control_context(user, on_revoke=revoked)
         reply, code = await asyncio.to_thread(dispatch, ctx, verb, raw)
         log.info("control user=%s verb=%s exit=%d ms=%.1f", user, verb[:32], code, (time.monotonic() - started) * 1000)
         return reply, code
