@@ -11,6 +11,7 @@ and the refusal audited, the typo is not found, the untouched recording still ve
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -277,6 +278,25 @@ def test_replay_schedule_of_a_real_recording(stack: LocalStack, grant: int) -> N
 
 
 # -- live watch, and who may review ----------------------------------------------------------------
+@contextlib.contextmanager
+def _cli_process(stack: LocalStack, user: str, *args: str) -> Iterator[subprocess.Popen[bytes]]:
+    """``jit-ssh ARGS`` as ``user``, running beside the test (its output piped); killed if still running."""
+    process = subprocess.Popen(
+        [sys.executable, "-m", "jit_ssh.cli", *args],
+        env={**stack.user_env(user), "PYTHONIOENCODING": "utf-8"},
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        start_new_session=True,
+    )
+    try:
+        yield process
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.communicate()
+
+
 def _read_until(fd: int, needle: bytes, buffer: bytearray, *, timeout: float = 30.0) -> None:
     deadline = time.monotonic() + timeout
     while needle not in buffer:
@@ -310,15 +330,7 @@ def test_live_watch_shows_the_session_and_tells_the_user(stack: LocalStack, gran
             assert refused.returncode == 3, (args, refused.stdout, refused.stderr)
             assert "not a reviewer" in refused.stderr
 
-        watcher = subprocess.Popen(
-            [sys.executable, "-m", "jit_ssh.cli", "watch", session_id],
-            env={**stack.user_env("bob"), "PYTHONIOENCODING": "utf-8"},
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            start_new_session=True,
-        )
-        try:
+        with _cli_process(stack, "bob", "watch", session_id) as watcher:
             assert watcher.stdout is not None
             at = alice.expect("bob is watching", start=at)
             alice.send("echo watch-marker-$((3*5))\r")
@@ -330,10 +342,6 @@ def test_live_watch_shows_the_session_and_tells_the_user(stack: LocalStack, gran
             rest, errors = watcher.communicate(timeout=30)
             seen += rest
             assert watcher.returncode == 0, errors
-        finally:
-            if watcher.poll() is None:
-                os.killpg(watcher.pid, signal.SIGKILL)
-                watcher.communicate()
     assert "carol is watching" not in alice.text()
 
     # What bob saw is what alice's terminal showed, made safe (the replay sanitiser), up to her exit; but
@@ -374,24 +382,12 @@ def test_replaying_a_live_session_is_a_watch_the_user_is_told_of(stack: LocalSta
     with PtyClient(argv) as alice:
         at = alice.expect("$ ")
         session_id = _live_session(stack, since)
-        replay = subprocess.Popen(
-            [sys.executable, "-m", "jit_ssh.cli", "replay", session_id],
-            env={**stack.user_env("bob"), "PYTHONIOENCODING": "utf-8"},
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            start_new_session=True,
-        )
-        try:
+        with _cli_process(stack, "bob", "replay", session_id) as replay:
             at = alice.expect("bob is watching this session", start=at)
             alice.send("exit\r")
             assert alice.wait() == 0
             _, errors = replay.communicate(timeout=60)
             assert replay.returncode == 0, errors
-        finally:
-            if replay.poll() is None:
-                os.killpg(replay.pid, signal.SIGKILL)
-                replay.communicate()
     ended_session(stack, since=since)
     assert _about(audit_events(stack, "session.watch"), session_id) == ["bob"]
     assert _about(audit_events(stack, "session.replay"), session_id) == []
