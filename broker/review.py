@@ -20,6 +20,7 @@ from typing import Any
 
 from jit_ssh.ca import AccessDenied, InputError, JitSshError
 from jit_ssh.ca.audit import append_event, iter_events
+from jit_ssh.ca.files import write_private
 from jit_ssh.ca.store import (
     AccessRequest,
     Approval,
@@ -98,7 +99,7 @@ def index_recording(path: Path, *, kind: str, command: str | None, pty: bool) ->
     for rest in pending.values():
         if rest.strip() and rest.strip() not in seen:
             kept.append(rest.strip())
-    lines_path(path).write_text("\n".join(kept) + "\n", encoding="utf-8")
+    write_private(lines_path(path), ("\n".join(kept) + "\n").encode(), mode=0o640)  # as the recording beside it
     index.output_lines = len(kept)
     if kind == "exec" and command is not None:
         index.commands.append((0.0, command, "exec"))

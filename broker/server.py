@@ -13,7 +13,6 @@ import json
 import logging
 import os
 import signal
-import tempfile
 import time
 from collections.abc import Callable, Coroutine, Mapping
 from datetime import UTC, datetime, timedelta
@@ -35,6 +34,7 @@ from jit_ssh.ca import (
     mint_user_certificate,
 )
 from jit_ssh.ca.audit import append_event
+from jit_ssh.ca.files import private_dir, write_private
 from jit_ssh.ca.inventory import user_for_key
 from jit_ssh.ca.policy import Policy
 from jit_ssh.ca.store import AccessRequest, Host, IssuedCertificate, RecordedSession, Store, dumps, loads
@@ -101,9 +101,9 @@ class Broker:
         self._host_ca_ssh = asyncssh.import_public_key(self._host_ca.public_key.to_openssh())
         for directory in (config.data_dir, config.recordings_dir):
             try:
-                directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+                private_dir(directory, 0o700)  # the mode set explicitly, never the umask's
             except OSError as exc:
-                raise JitSshError(f"cannot create directory {directory}: {exc.strerror}") from exc
+                raise JitSshError(f"cannot create or restrict directory {directory}: {exc.strerror}") from exc
         self.store = Store(config.store_url)
         self.policy = Policy.load(config.policy)
         self.authority = Authority(
@@ -124,13 +124,13 @@ class Broker:
     def _host_key(self) -> tuple[asyncssh.SSHKey, asyncssh.SSHCertificate]:
         path = self.config.host_key
         try:
-            if path.exists():
-                key = asyncssh.read_private_key(str(path))
-            else:
-                key = asyncssh.generate_private_key("ssh-ed25519")
-                path.parent.mkdir(parents=True, exist_ok=True)
-                key.write_private_key(str(path))
-                path.chmod(0o600)
+            if not path.exists():
+                # 0600 from its first byte, and never over a key another broker wrote meanwhile.
+                private_dir(path.parent, 0o700)
+                fresh = asyncssh.generate_private_key("ssh-ed25519").export_private_key()
+                with contextlib.suppress(FileExistsError):
+                    write_private(path, fresh, exclusive=True)
+            key = asyncssh.read_private_key(str(path))
         except (OSError, asyncssh.KeyImportError) as exc:
             raise JitSshError(f"cannot read or create the broker host key {path}: {exc}") from exc
         now = datetime.now(UTC)
@@ -562,11 +562,8 @@ class Broker:
         data = self.current_krl()
         target = self.config.data_dir / "revoked.krl"
         try:
-            fd, name = tempfile.mkstemp(prefix=".revoked.krl.", dir=target.parent)
-            with os.fdopen(fd, "wb") as handle:
-                handle.write(data)
-            Path(name).chmod(0o644)
-            Path(name).replace(target)
+            # Not secret, but in a private directory; 0640 lets a distribution job in the group read it.
+            write_private(target, data, mode=0o640)
         except OSError as exc:
             log.warning("could not write %s: %s", target, exc)
 

@@ -7,13 +7,13 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
-from jit_ssh.broker.config import BrokerConfig
 from jit_ssh.broker.refusals import SUMMARY_ACTION, RefusalLimiter
-from jit_ssh.broker.server import REFUSAL_BURST, REFUSAL_PER_SOURCE, Broker
-from jit_ssh.ca import CADirectory, PublicKey
+from jit_ssh.broker.server import REFUSAL_BURST, REFUSAL_PER_SOURCE
+from jit_ssh.ca import PublicKey
 from jit_ssh.ca.audit import iter_events, verify_chain
 from jit_ssh.cli.openssh import generate_ssh_key
-from jit_ssh.cli.stack import DEFAULT_POLICY
+
+from tests.integration.broker_fixture import in_process_broker
 
 
 class Clock:
@@ -24,18 +24,8 @@ class Clock:
         return self.now
 
 
-def _broker(tmp_path: Path) -> Broker:
-    CADirectory.create(tmp_path / "ca", passphrase=None, insecure_no_passphrase=True)
-    (tmp_path / "policy.toml").write_text(DEFAULT_POLICY.replace("{login}", "ubuntu"), encoding="utf-8")
-    config = BrokerConfig.from_mapping(
-        {"broker": {"data_dir": "data", "ca_dir": "ca", "policy": "policy.toml", "listen": "127.0.0.1:0"}},
-        path=tmp_path / "broker.toml",
-    )
-    return Broker(config, passphrase=None)
-
-
 def test_refused_keys_are_audited_up_to_the_limit_and_the_rest_counted(tmp_path: Path) -> None:
-    broker = _broker(tmp_path)
+    broker = in_process_broker(tmp_path)
     clock = Clock()
     broker.refusals = RefusalLimiter(burst=REFUSAL_BURST, per_source=REFUSAL_PER_SOURCE, clock=clock)
     stranger: PublicKey = generate_ssh_key(tmp_path / "stranger")
