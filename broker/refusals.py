@@ -9,8 +9,8 @@ and ``per_source`` for one source (a peer address, or a user), so that one noisy
 the others. What it holds back is counted by action and by source, and reported in one
 ``refusals.suppressed`` event once the window is over.
 
-The limiter only decides and counts; the broker writes the events. It is shared by the event loop and
-worker threads, hence the lock.
+:class:`RefusalLimiter` only decides and counts (it is shared by the event loop and worker threads,
+hence the lock); :class:`RefusalAudit` clips what a client chose and writes the events.
 """
 
 from __future__ import annotations
@@ -19,10 +19,14 @@ import logging
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
-__all__ = ["SUMMARY_ACTION", "RefusalLimiter", "clip", "source_of"]
+from jit_ssh.ca import StoreError
+from jit_ssh.ca.audit import append_event
+from jit_ssh.ca.store import Store
+
+__all__ = ["SUMMARY_ACTION", "RefusalAudit", "RefusalLimiter", "clip", "source_of"]
 
 log = logging.getLogger("jit_ssh.broker")
 
@@ -30,6 +34,11 @@ SUMMARY_ACTION = "refusals.suppressed"
 #: Sources named one by one in a summary; the rest are counted together.
 _SUMMARY_SOURCES = 10
 _SOURCE_CHARS = 64
+#: Characters kept of each text a client chose (a key id, a user name, a reason quoting them).
+_FIELD_CHARS = 300
+
+#: An audit event to write: actor, action, subject, details.
+Event = tuple[str, str, str, dict[str, Any]]
 
 
 def clip(value: object, limit: int) -> str:
@@ -122,3 +131,50 @@ class RefusalLimiter:
             self._held_actions.clear()
             self._held_sources.clear()
         return summary
+
+
+class RefusalAudit:
+    """Refusal events through a :class:`RefusalLimiter` into the audit log of ``store``."""
+
+    def __init__(self, store: Store, limiter: RefusalLimiter) -> None:
+        self.store = store
+        self.limiter = limiter
+
+    def admit(
+        self,
+        action: str,
+        subject: str,
+        details: Mapping[str, Any],
+        *,
+        source: str | None = None,
+        actor: str = "jit-ssh",
+    ) -> list[Event]:
+        """The events to write for one refusal: a summary of an earlier window, and this one if admitted.
+
+        ``source`` is whom the limit counts it against: the peer's address in ``details`` unless given.
+        Every text is clipped, so that the event is never cut as a whole and keeps its peer and reason.
+        """
+        peer = str(details.get("peer") or "")
+        admitted, summary = self.limiter.admit(action, source or source_of(peer) or subject)
+        events = _summary_events(summary)
+        if admitted:
+            bounded = {k: clip(v, _FIELD_CHARS) if isinstance(v, str) else v for k, v in details.items()}
+            events.append((clip(actor, _SOURCE_CHARS), action, clip(subject, _FIELD_CHARS), bounded))
+        return events
+
+    def summary(self, *, force: bool = False) -> list[Event]:
+        """The summary event of a window that is over (``force``: now, at shutdown), if anything was held back."""
+        return _summary_events(self.limiter.summary(force=force))
+
+    def write(self, events: list[Event]) -> None:
+        """Append ``events`` (from a worker thread); a store error is logged, the refusal stands."""
+        for actor, action, subject, details in events:
+            try:
+                with self.store.transaction() as session:
+                    append_event(self.store, session, actor=actor, action=action, subject=subject, details=details)
+            except StoreError as exc:
+                log.warning("could not audit %s: %s", action, exc)
+
+
+def _summary_events(summary: dict[str, Any] | None) -> list[Event]:
+    return [] if summary is None else [("jit-ssh", SUMMARY_ACTION, "broker", summary)]

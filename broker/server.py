@@ -56,7 +56,7 @@ from .control import (
 )
 from .notify import Notifier
 from .proxy import ProxySession
-from .refusals import SUMMARY_ACTION, RefusalLimiter, clip, source_of
+from .refusals import RefusalAudit, RefusalLimiter
 from .review import index_recording, record_review, recording_of, save_index
 from .session import ClientConnection, Grant
 from .tcp import quick_acks
@@ -74,8 +74,6 @@ _ONWARD_TIMEOUT = 15.0
 #: share of one source (a peer address or a user); the rest is counted in one summary (refusals.py).
 REFUSAL_BURST = 60
 REFUSAL_PER_SOURCE = 30
-#: Characters kept of each text a client chose (a key id, a user name, a reason quoting them).
-_REFUSAL_FIELD = 300
 #: The broker's own hop prefers AES-GCM, which asyncssh relays 1.5 to 2 times as fast as its default first
 #: choice, chacha20-poly1305 (with AES-NI, on loopback); asyncssh's other defaults follow, for any host.
 _ONWARD_CIPHERS = (
@@ -117,7 +115,7 @@ class Broker:
         self._tasks: set[asyncio.Task[Any]] = set()
         self._loops: list[asyncio.Task[None]] = []
         self.live: dict[int, set[ProxySession]] = {}
-        self.refusals = RefusalLimiter(burst=REFUSAL_BURST, per_source=REFUSAL_PER_SOURCE)
+        self.refusals = RefusalAudit(self.store, RefusalLimiter(burst=REFUSAL_BURST, per_source=REFUSAL_PER_SOURCE))
         self.port = 0
 
     # -- host identity ---------------------------------------------------------------------------
@@ -490,41 +488,16 @@ class Broker:
     def audit_refusal(
         self, action: str, subject: str, details: Mapping[str, Any], source: str | None = None, actor: str = "jit-ssh"
     ) -> None:
-        """Audit a refusal within the refusal limit (refusals.py), from a worker thread.
-
-        ``source`` is whom the limit counts it against: the peer's address in ``details`` unless given.
-        Every text field is bounded, so that the event is never cut as a whole and keeps its peer and reason.
-        """
-        self._write_refusals(self._admit_refusal(action, subject, details, source, actor))
-
-    def _admit_refusal(
-        self, action: str, subject: str, details: Mapping[str, Any], source: str | None, actor: str = "jit-ssh"
-    ) -> list[tuple[str, str, str, dict[str, Any]]]:
-        """The events to write for one refusal: a summary of an earlier window, and this one if admitted."""
-        peer = str(details.get("peer") or "")
-        admitted, summary = self.refusals.admit(action, source or source_of(peer) or subject)
-        events = [] if summary is None else [("jit-ssh", SUMMARY_ACTION, "broker", summary)]
-        if admitted:
-            bounded = {k: clip(v, _REFUSAL_FIELD) if isinstance(v, str) else v for k, v in details.items()}
-            events.append((clip(actor, 64), action, clip(subject, _REFUSAL_FIELD), bounded))
-        return events
-
-    def _write_refusals(self, events: list[tuple[str, str, str, dict[str, Any]]]) -> None:
-        for actor, action, subject, details in events:
-            try:
-                with self.store.transaction() as session:
-                    append_event(self.store, session, actor=actor, action=action, subject=subject, details=details)
-            except StoreError as exc:
-                log.warning("could not audit %s: %s", action, exc)
+        """Audit a refusal within the refusal limit (refusals.py), from a worker thread."""
+        self.refusals.write(self.refusals.admit(action, subject, details, source=source, actor=actor))
 
     async def flush_refusals(self, *, force: bool = False) -> None:
         """Audit the count of refusals held back in a window that is over (``force``: now, at shutdown)."""
-        summary = self.refusals.summary(force=force)
-        if summary is not None:
-            await asyncio.to_thread(self._write_refusals, [("jit-ssh", SUMMARY_ACTION, "broker", summary)])
+        events = self.refusals.summary(force=force)
+        if events:
+            await asyncio.to_thread(self.refusals.write, events)
 
     # -- authentication (control face) -----------------------------------------------------------
-
     async def authenticate(self, username: str, key: PublicKey, peer: str) -> str | None:
         """The user an enrolled ``key`` belongs to, if that is ``username``; refusals are audited."""
         try:
@@ -541,9 +514,9 @@ class Broker:
     async def _audit_auth_refusal(self, username: str, details: dict[str, Any]) -> None:
         """Audit a refused key within the refusal limit: clients that have not authenticated must not be
         able to flood the audit log. Decided here, so that a refusal held back costs no worker thread."""
-        events = self._admit_refusal("auth.refused", f"user:{username[:64]}", details, None)
+        events = self.refusals.admit("auth.refused", f"user:{username[:64]}", details)
         if events:
-            await asyncio.to_thread(self._write_refusals, events)
+            await asyncio.to_thread(self.refusals.write, events)
 
     # -- control commands ------------------------------------------------------------------------
     def control_session(self, user: str) -> ControlSession:

@@ -27,7 +27,7 @@ class Clock:
 def test_refused_keys_are_audited_up_to_the_limit_and_the_rest_counted(tmp_path: Path) -> None:
     broker = in_process_broker(tmp_path)
     clock = Clock()
-    broker.refusals = RefusalLimiter(burst=REFUSAL_BURST, per_source=REFUSAL_PER_SOURCE, clock=clock)
+    broker.refusals.limiter = RefusalLimiter(burst=REFUSAL_BURST, per_source=REFUSAL_PER_SOURCE, clock=clock)
     stranger: PublicKey = generate_ssh_key(tmp_path / "stranger")
     extra = 25
     peers = [f"198.51.100.{i}:4{i:04d}" for i in range(REFUSAL_BURST)]
