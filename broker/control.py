@@ -16,6 +16,7 @@ from datetime import datetime
 from typing import Any
 
 from jit_ssh.ca import AccessDenied, InputError, JitSshError, PublicKey
+from jit_ssh.ca.audit import append_event
 from jit_ssh.ca.store import User
 from jit_ssh.ca.validate import parse_duration
 from jit_ssh.ca.workflow import Authority, RequestView
@@ -49,6 +50,9 @@ class ControlContext:
     authority: Authority
     user: str
     on_revoke: Callable[[int, list[int]], None] | None = None
+    #: Audits a refusal ``(action, subject, details)`` as this user, within the broker's refusal limit;
+    #: without it, refusals are written straight to the audit log.
+    on_refusal: Callable[[str, str, dict[str, Any]], None] | None = None
 
 
 # name -> (type, required); bool/int are exact (JSON true is not 1).
@@ -208,7 +212,7 @@ def run_command(ctx: ControlContext, verb: str, args: Mapping[str, Any]) -> Any:
             view,
         )
     if verb in ("sessions", "session", "verify"):
-        require_reviewer(ctx)
+        require_reviewer(ctx, verb, args.get("id"))
         store = authority.store
         if verb == "sessions":
             return list_sessions(
@@ -223,12 +227,23 @@ def run_command(ctx: ControlContext, verb: str, args: Mapping[str, Any]) -> Any:
     raise InputError(f"unknown command {verb!r}")  # unreachable: parse_arguments checked the verb
 
 
-def require_reviewer(ctx: ControlContext) -> None:
-    """Listing, replaying and watching sessions is for the policy's reviewer groups."""
-    with ctx.authority.store.transaction() as session:
+def require_reviewer(ctx: ControlContext, verb: str, session_id: str | None = None) -> None:
+    """Listing, replaying and watching sessions is for the policy's reviewer groups; a refusal is audited."""
+    store = ctx.authority.store
+    with store.transaction() as session:
         row = session.get(User, ctx.user)
         groups = ctx.authority.policy.groups_of(ctx.user, row.groups if row else [])
-    check_reviewer(groups, ctx.authority.policy.reviewer_groups, ctx.user)
+    try:
+        check_reviewer(groups, ctx.authority.policy.reviewer_groups, ctx.user)
+    except AccessDenied as exc:
+        subject = "sessions" if session_id is None else f"session:{session_id[:128]}"
+        details: dict[str, Any] = {"verb": verb, "reason": exc.message}
+        if ctx.on_refusal is not None:
+            ctx.on_refusal("review.refused", subject, details)
+        else:
+            with store.transaction() as session:
+                append_event(store, session, actor=ctx.user, action="review.refused", subject=subject, details=details)
+        raise
 
 
 def _cert_reply(line: str, serial: int, after: int, before: int, view: RequestView) -> dict[str, Any]:

@@ -94,7 +94,9 @@ class StreamDigest:
             data = bytes(data)  # a buffer its owner may change before the worker reads it: copied now
         self._pending.append(data)
         self._pending_size += len(data)
-        if self._pending_size >= BATCH or _worker.hold(len(data)) > MAX_HELD:
+        # Held first, whatever follows: _take releases all of _pending_size, this chunk included.
+        held = _worker.hold(len(data))
+        if self._pending_size >= BATCH or held > MAX_HELD:
             self._submit()
 
     def _take(self) -> list[bytes | memoryview]:

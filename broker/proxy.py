@@ -214,7 +214,8 @@ class ProxySession(asyncssh.SSHServerSession[bytes]):
             log.warning("session %s not started: %s", self.session_id or "-", message)
             if self.recorder is None:  # refused before its recording (and row) began: audit it here
                 grant = self.client.grant
-                details = {"reason": message, "kind": self.kind, "request": grant.request_id if grant else None}
+                details = {"reason": message, "kind": self.kind, "request": grant.request_id if grant else None,
+                           "peer": self.client.peer}  # fmt: skip
                 loop = asyncio.get_running_loop()
                 loop.run_in_executor(
                     None, self.client.broker.audit_refusal, "session.failed", f"session:{self.session_id or '-'}",

@@ -15,7 +15,6 @@ import os
 import secrets
 import signal
 import socket
-import tempfile
 import time
 from collections.abc import Callable, Coroutine, Mapping
 from concurrent.futures import ThreadPoolExecutor
@@ -33,11 +32,11 @@ from jit_ssh.ca import (
     InputError,
     JitSshError,
     PublicKey,
-    StoreError,
     mint_host_certificate,
     mint_user_certificate,
 )
 from jit_ssh.ca.audit import append_event
+from jit_ssh.ca.files import private_dir, write_private
 from jit_ssh.ca.inventory import user_for_key
 from jit_ssh.ca.policy import Policy
 from jit_ssh.ca.store import AccessRequest, Host, IssuedCertificate, RecordedSession, Store, User, dumps, loads
@@ -64,6 +63,7 @@ from .isolate import Budget, Isolator
 from .notify import Notifier
 from .proxy import ProxySession
 from .recovery import close_orphans
+from .refusals import RefusalAudit, RefusalLimiter
 from .review import record_review, recording_of
 from .session import ClientConnection, Grant
 from .tcp import quick_acks
@@ -75,7 +75,10 @@ _STDIN_TIMEOUT = 30.0
 _SWEEP_INTERVAL = 5.0
 _HOST_CERT_VALIDITY = timedelta(days=30)
 _ONWARD_TIMEOUT = 15.0
-_AUTH_AUDIT_BURST = 60
+#: Refusal events a minute (refused keys and certificates, failed sessions, refused reviews), and the
+#: share of one source (a peer address or a user); the rest is counted in one summary (refusals.py).
+REFUSAL_BURST = 60
+REFUSAL_PER_SOURCE = 30
 #: What _request_states says of a grant whose user is disabled (or gone), whatever the request's own state.
 _USER_DISABLED = "user-disabled"
 #: The broker's own hop prefers AES-GCM, which asyncssh relays 1.5 to 2 times as fast as its default first
@@ -130,9 +133,9 @@ class Broker:
         self._host_ca_ssh = asyncssh.import_public_key(self._host_ca.public_key.to_openssh())
         for directory in (config.data_dir, config.recordings_dir):
             try:
-                directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+                private_dir(directory, 0o700)  # the mode set explicitly, never the umask's
             except OSError as exc:
-                raise JitSshError(f"cannot create directory {directory}: {exc.strerror}") from exc
+                raise JitSshError(f"cannot create or restrict directory {directory}: {exc.strerror}") from exc
         self.store = Store(config.store_url)
         self.policy = Policy.load(config.policy)
         self.authority = Authority(
@@ -160,21 +163,20 @@ class Broker:
         self._server: asyncssh.SSHAcceptor | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
         self._loops: list[asyncio.Task[None]] = []
-        #: [window start, audited in window, held back in window] for refused-key audit events.
-        self._auth_window: list[float] = [time.monotonic(), 0, 0]
+        self.refusals = RefusalAudit(self.store, RefusalLimiter(burst=REFUSAL_BURST, per_source=REFUSAL_PER_SOURCE))
         self.port = 0
 
     # -- host identity ---------------------------------------------------------------------------
     def _host_key(self) -> tuple[asyncssh.SSHKey, asyncssh.SSHCertificate]:
         path = self.config.host_key
         try:
-            if path.exists():
-                key = asyncssh.read_private_key(str(path))
-            else:
-                key = asyncssh.generate_private_key("ssh-ed25519")
-                path.parent.mkdir(parents=True, exist_ok=True)
-                key.write_private_key(str(path))
-                path.chmod(0o600)
+            if not path.exists():
+                # 0600 from its first byte, and never over a key another broker wrote meanwhile.
+                private_dir(path.parent, 0o700)
+                fresh = asyncssh.generate_private_key("ssh-ed25519").export_private_key()
+                with contextlib.suppress(FileExistsError):
+                    write_private(path, fresh, exclusive=True)
+            key = asyncssh.read_private_key(str(path))
         except (OSError, asyncssh.KeyImportError) as exc:
             raise JitSshError(f"cannot read or create the broker host key {path}: {exc}") from exc
         now = datetime.now(UTC)
@@ -268,6 +270,7 @@ class Broker:
             await self.indexer.stop()
         # What is left are the session_ended writes: the recordings' digests must reach the store.
         await asyncio.gather(*self._loops, *self._tasks, return_exceptions=True)
+        await self.flush_refusals(force=True)
         await self.enforcer.stop()
         await self.notifier.stop()
         self.review_pool.shutdown(wait=False, cancel_futures=True)
@@ -288,6 +291,7 @@ class Broker:
     async def _sweeper(self) -> None:
         while True:
             await asyncio.sleep(_SWEEP_INTERVAL)
+            await self.flush_refusals()  # a flood's count is reported once its minute is over, even if it stopped
             try:
                 moved = await asyncio.to_thread(self.authority.sweep)
                 if moved:
@@ -320,7 +324,7 @@ class Broker:
     def _refuse_session(self, username: str, cert: Certificate, peer: str, reason: str, audit: bool) -> AccessDenied:
         if audit:
             self.audit_refusal(
-                "session.refused", f"target:{username[:300]}",
+                "session.refused", f"target:{username}",
                 {"serial": cert.serial, "key_id": cert.key_id, "peer": peer, "reason": reason},
             )  # fmt: skip
         return AccessDenied(reason)
@@ -502,14 +506,20 @@ class Broker:
         if self.indexer is not None:
             self.indexer.submit(session_id)
 
-    # -- authentication (control face) -----------------------------------------------------------
-    def audit_refusal(self, action: str, subject: str, details: dict[str, Any]) -> None:
-        try:
-            with self.store.transaction() as session:
-                append_event(self.store, session, actor="jit-ssh", action=action, subject=subject, details=details)
-        except StoreError as exc:
-            log.warning("could not audit %s: %s", action, exc)
+    # -- refusals clients can cause in bulk ------------------------------------------------------
+    def audit_refusal(
+        self, action: str, subject: str, details: Mapping[str, Any], source: str | None = None, actor: str = "jit-ssh"
+    ) -> None:
+        """Audit a refusal within the refusal limit (refusals.py), from a worker thread."""
+        self.refusals.write(self.refusals.admit(action, subject, details, source=source, actor=actor))
 
+    async def flush_refusals(self, *, force: bool = False) -> None:
+        """Audit the count of refusals held back in a window that is over (``force``: now, at shutdown)."""
+        events = self.refusals.summary(force=force)
+        if events:
+            await asyncio.to_thread(self.refusals.write, events)
+
+    # -- authentication (control face) -----------------------------------------------------------
     async def authenticate(self, username: str, key: PublicKey, peer: str) -> str | None:
         """The user an enrolled ``key`` belongs to, if that is ``username``; refusals are audited."""
         try:
@@ -524,22 +534,11 @@ class Broker:
         return user
 
     async def _audit_auth_refusal(self, username: str, details: dict[str, Any]) -> None:
-        """Audit refused keys, at most _AUTH_AUDIT_BURST a minute: clients that have not authenticated
-        must not be able to flood the audit log. What is held back is counted in one later event."""
-        now = time.monotonic()
-        if now - self._auth_window[0] >= 60:
-            suppressed = self._auth_window[2]
-            self._auth_window = [now, 0, 0]
-            if suppressed:
-                await asyncio.to_thread(
-                    self.audit_refusal, "auth.refused.suppressed", "broker", {"count": suppressed, "per": "minute"}
-                )
-        if self._auth_window[1] >= _AUTH_AUDIT_BURST:
-            self._auth_window[2] += 1
-            log.warning("auth refused for %s (audit rate limit reached): %s", username[:64], details.get("reason"))
-            return
-        self._auth_window[1] += 1
-        await asyncio.to_thread(self.audit_refusal, "auth.refused", f"user:{username[:64]}", details)
+        """Audit a refused key within the refusal limit: clients that have not authenticated must not be
+        able to flood the audit log. Decided here, so that a refusal held back costs no worker thread."""
+        events = self.refusals.admit("auth.refused", f"user:{username[:64]}", details)
+        if events:
+            await asyncio.to_thread(self.refusals.write, events)
 
     # -- control commands ------------------------------------------------------------------------
     def control_session(self, user: str) -> ControlSession:
@@ -558,11 +557,8 @@ class Broker:
         data = self.current_krl()
         target = self.config.data_dir / "revoked.krl"
         try:
-            fd, name = tempfile.mkstemp(prefix=".revoked.krl.", dir=target.parent)
-            with os.fdopen(fd, "wb") as handle:
-                handle.write(data)
-            Path(name).chmod(0o644)
-            Path(name).replace(target)
+            # Not secret, but in a private directory; 0640 lets a distribution job in the group read it.
+            write_private(target, data, mode=0o640)
         except OSError as exc:
             log.warning("could not write %s: %s", target, exc)
 
@@ -570,23 +566,37 @@ class Broker:
         return self.enforcer.session(session_id)
 
     async def open_stream(self, user: str, verb: str, args: Mapping[str, Any]) -> tuple[Path, Callable[[], bool]]:
-        """Check and audit a replay, export or watch; returns the recording and a 'still live' test."""
+        """Check and audit a replay, export or watch; returns the recording and a 'still live' test.
+
+        Following a live session is watching it, whatever the command: the user is told, and it is
+        audited as ``session.watch`` (a replay of a live session follows it).
+        """
         session_id = str(args["id"])
         purpose = str(args.get("purpose", "export")) if verb == "export" else "watch"
         if purpose not in ("export", "replay", "watch"):
             raise InputError(f"purpose must be export or replay, found {purpose[:20]!r}")
+        follow = verb == "watch" or bool(args.get("follow"))
 
-        def check() -> Path:
-            require_reviewer(ControlContext(self.authority, user))
-            path, _ = recording_of(self.store, session_id)
-            record_review(self.store, actor=user, action=f"session.{purpose}", session_id=session_id)
-            return path
+        def check() -> tuple[Path, str]:
+            require_reviewer(self.control_context(user), purpose, session_id)
+            path, running = recording_of(self.store, session_id)
+            action = "watch" if follow and running else purpose
+            record_review(self.store, actor=user, action=f"session.{action}", session_id=session_id)
+            return path, action
 
-        path = await asyncio.to_thread(check)
+        path, action = await asyncio.to_thread(check)
         proxy = self.live_session(session_id)
-        if verb == "watch" and proxy is not None and self.config.notify_watched:
+        if action == "watch" and proxy is not None and self.config.notify_watched:
             proxy.notice(f"{user} is watching this session")
         return path, lambda: self.live_session(session_id) is not None
+
+    def control_context(self, user: str, on_revoke: Callable[[int, list[int]], None] | None = None) -> ControlContext:
+        """What a control command of ``user`` runs with; its refusals count against the refusal limit as theirs."""
+
+        def refused(action: str, subject: str, details: dict[str, Any]) -> None:
+            self.audit_refusal(action, subject, details, source=f"user:{user}", actor=user)
+
+        return ControlContext(self.authority, user, on_revoke=on_revoke, on_refusal=refused)
 
     async def run_control(self, user: str, command: str, raw: bytes) -> tuple[dict[str, Any], int]:
         started = time.monotonic()
@@ -597,7 +607,7 @@ class Broker:
             loop.call_soon_threadsafe(self.end_grant, request_id, f"grant {request_id} revoked: session closed")
             self.publish_krl()  # the published KRL changes at once (we run in a worker thread here)
 
-        ctx = ControlContext(self.authority, user, on_revoke=revoked)
+        ctx = self.control_context(user, on_revoke=revoked)
         pool = self.review_pool if verb in REVIEW_VERBS else None
         reply, code = await loop.run_in_executor(pool, dispatch, ctx, verb, raw)
         log.info("control user=%s verb=%s exit=%d ms=%.1f", user, verb[:32], code, (time.monotonic() - started) * 1000)

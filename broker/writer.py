@@ -28,6 +28,7 @@ from typing import Any
 
 import zstandard
 from jit_ssh.ca import JitSshError
+from jit_ssh.ca.files import private_dir
 
 __all__ = ["HIGH_WATER", "TOTAL_HIGH_WATER", "RecordingError", "RecordingFile"]
 
@@ -79,7 +80,7 @@ class RecordingFile:
     def create(cls, path: Path, first: bytes) -> RecordingFile:
         """Create ``path`` 0640 in a 0750 directory and write ``first`` (compressed) before returning."""
         try:
-            path.parent.mkdir(parents=True, exist_ok=True, mode=0o750)
+            private_dir(path.parent, 0o750)  # the day's directories too: mkdir(parents=True) left them to the umask
             fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND | os.O_CLOEXEC, 0o640)
         except OSError as exc:
             raise RecordingError(f"cannot open the session recording {path}: {exc.strerror}") from exc

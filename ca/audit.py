@@ -20,11 +20,23 @@ from sqlmodel import Session, col, select
 
 from .store import AuditEvent, Counter, Store, dumps, loads
 
-__all__ = ["GENESIS", "AuditProblem", "append_event", "event_dict", "iter_events", "verify_chain"]
+__all__ = [
+    "GENESIS",
+    "MAX_DETAIL",
+    "AuditProblem",
+    "append_event",
+    "bounded_details",
+    "event_dict",
+    "iter_events",
+    "verify_chain",
+]
 
 GENESIS = "0" * 64
 _HEAD = "audit"
-_MAX_DETAIL = 4096
+#: The most characters an event's details take; what is larger is cut field by field (bounded_details).
+MAX_DETAIL = 4096
+_KEY_CHARS = 32
+_MAX_FIELDS = 32
 
 
 def _digest(seq: int, moment: float, actor: str, action: str, subject: str, details_json: str, prev: str) -> str:
@@ -46,9 +58,7 @@ def append_event(
     head = store.lock_counter(session, _HEAD)
     seq = head.value + 1
     prev = head.text_value or GENESIS
-    details_json = dumps(dict(details or {}))
-    if len(details_json) > _MAX_DETAIL:
-        details_json = dumps({"truncated": details_json[: _MAX_DETAIL - 64]})
+    details_json = bounded_details(details or {})
     when = time.time() if moment is None else moment
     digest = _digest(seq, when, actor, action, subject, details_json, prev)
     row = AuditEvent(
@@ -66,6 +76,53 @@ def append_event(
     head.text_value = digest
     session.add(head)
     return row
+
+
+def bounded_details(details: Mapping[str, Any]) -> str:
+    """``details`` as JSON of at most :data:`MAX_DETAIL` characters, every field kept.
+
+    Fields too large to fit are cut, never the event as a whole: cutting the whole object once lost a
+    refused client's peer address behind its 6 KB key id. Small fields (a peer, a serial, a reason) stay
+    whole; the large ones share the room left, each cut to a string (the start of the string, or of the
+    value's JSON text) that ends in an ellipsis, and are named under ``"cut"``. Past :data:`_MAX_FIELDS`
+    fields (no event of ours has that many), the largest are left out and counted under ``"omitted"``.
+    """
+    text = dumps(dict(details))
+    if len(text) <= MAX_DETAIL:
+        return text
+    fields = sorted(((_key(k), dumps(v)) for k, v in details.items()), key=lambda kv: len(kv[1]))
+    kept = fields[:_MAX_FIELDS]
+    # Room for the values: less the braces and notes, each key with its colon and comma, and each key again
+    # in the "cut" list in case it is cut. With the limits above, every share is at least 55 characters.
+    room = MAX_DETAIL - 64 - sum(2 * len(dumps(key)) + 3 for key, _ in kept)
+    out: dict[str, Any] = {}
+    cut: list[str] = []
+    for index, (key, encoded) in enumerate(kept):
+        share = room // (len(kept) - index)
+        value = loads(encoded)
+        if len(encoded) > share:  # a string is cut as itself; anything else as its JSON text
+            value = _cut(value if isinstance(value, str) else encoded, share)
+            cut.append(key)
+        out[key] = value
+        room -= len(dumps(value))
+    if cut:
+        out["cut"] = sorted(cut)
+    if len(fields) > len(kept):
+        out["omitted"] = len(fields) - len(kept)
+    return dumps(out)
+
+
+def _key(name: object) -> str:
+    # Our keys are short identifiers; anything else is made one, so that the room for keys is known.
+    return "".join(c if c.isascii() and (c.isalnum() or c in "_.-") else "_" for c in str(name)[:_KEY_CHARS])
+
+
+def _cut(value: str, room: int) -> str:
+    """The longest prefix of ``value`` that fits ``room`` as a JSON string with an ellipsis."""
+    text = value[:room]
+    while text and len(dumps(text + "\u2026")) > room:  # escapes (quotes, control, non-ASCII) take more room
+        text = text[: min(len(text) - 1, len(text) * room // len(dumps(text + "\u2026")))]
+    return text + "\u2026"
 
 
 @dataclass(frozen=True, slots=True)

@@ -26,6 +26,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 
 from .errors import CAKeyError, InputError
+from .files import private_dir, write_private
 from .keys import PublicKey
 from .signer import KeySigner, KeyType, PrivateKey, generate_private_key
 from .wire import Reader
@@ -75,23 +76,6 @@ def passphrase_from_env(environ: Mapping[str, str] | None = None) -> bytes | Non
     return value.encode() if value else None
 
 
-def _write_private(path: Path, data: bytes) -> None:
-    # Write beside the target with 0600 from the first byte, then rename: a reader never sees a
-    # half-written key or one with loose permissions.
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.unlink(missing_ok=True)
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        tmp.replace(path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-
-
 class CADirectory:
     """A directory holding the three CA keys. Construct with :meth:`create` or open an existing one."""
 
@@ -137,7 +121,7 @@ class CADirectory:
         if existing and not force:
             raise CAKeyError(f"{directory} already holds {', '.join(existing)}; refusing to overwrite without --force")
         try:
-            directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+            private_dir(directory, 0o700)
             encryption: serialization.KeySerializationEncryption = (
                 serialization.BestAvailableEncryption(passphrase) if passphrase else serialization.NoEncryption()
             )
@@ -147,10 +131,11 @@ class CADirectory:
                 public = key.public_key().public_bytes(
                     serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH
                 )
-                _write_private(directory / f"{role}_ca", private)
-                (directory / f"{role}_ca.pub").write_text(f"{public.decode()} jit-ssh-{role}-ca\n", encoding="utf-8")
+                write_private(directory / f"{role}_ca", private)  # 0600 from the first byte
+                line = f"{public.decode()} jit-ssh-{role}-ca\n"
+                write_private(directory / f"{role}_ca.pub", line.encode(), mode=0o644)
             meta = f'key_type = "{key_type}"\ninsecure_no_passphrase = {str(insecure_no_passphrase).lower()}\n'
-            (directory / _META).write_text(meta, encoding="utf-8")
+            write_private(directory / _META, meta.encode(), mode=0o644)
         except OSError as exc:
             raise CAKeyError(f"cannot write CA keys to {directory}: {exc.strerror}") from exc
         return cls(directory)

@@ -13,18 +13,20 @@ environment and revision files for what is, so far, a short list of forward-only
 from __future__ import annotations
 
 import json
+import os
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import BigInteger, Engine, Integer, UniqueConstraint, event, inspect
+from sqlalchemy import BigInteger, Engine, Integer, UniqueConstraint, event, inspect, make_url
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.exc import IntegrityError, OperationalError, SQLAlchemyError
 from sqlmodel import Field, Session, SQLModel, create_engine, select
 
 from .errors import StoreError
+from .files import tighten
 
 __all__ = [
     "SCHEMA_VERSION",
@@ -284,6 +286,7 @@ class Store:
         self.is_sqlite = self.url.startswith("sqlite")
         self._local_writer: AbstractContextManager[Any] = threading.RLock() if self.is_sqlite else nullcontext()
         try:
+            self._private_sqlite_file()
             self.engine = self._make_engine()
             self._read_engine = self._make_read_engine()
             self._upgrade()
@@ -294,6 +297,29 @@ class Store:
         # Never print a password from a PostgreSQL URL.
         head, sep, tail = self.url.partition("@")
         return self.url if not sep else head.split("://")[0] + "://...@" + tail
+
+    def _private_sqlite_file(self) -> None:
+        """Create an SQLite database file 0600 (SQLite would make it 0644), or tighten an existing one.
+
+        SQLite gives its -wal, -shm and -journal files the database file's mode, so they follow.
+        """
+        name = make_url(self.url).database if self.is_sqlite else None
+        if not name or name == ":memory:" or name.startswith("file:"):
+            return
+        path = Path(name)
+        try:
+            try:
+                fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+            except FileExistsError:
+                for suffix in ("", "-wal", "-shm", "-journal"):
+                    tighten(path.with_name(path.name + suffix))
+            else:
+                try:
+                    os.fchmod(fd, 0o600)  # a umask such as 0277 would have taken the owner's bits too
+                finally:
+                    os.close(fd)
+        except OSError as exc:
+            raise StoreError(f"cannot open the database {self._shown_url()}: {exc.strerror}") from exc
 
     def _make_engine(self) -> Engine:
         if not self.is_sqlite:

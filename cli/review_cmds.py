@@ -259,7 +259,8 @@ def hold(
 # -- streams -----------------------------------------------------------------------------------------
 async def _local_lines(store: Store, session_id: str, *, follow: bool, action: str) -> AsyncIterator[bytes]:
     path, running = recording_of(store, session_id)
-    record_review(store, actor="admin", action=action, session_id=session_id)
+    # Following a live session is watching it (the user cannot be told from here: no broker is involved).
+    record_review(store, actor="admin", action="session.watch" if follow and running else action, session_id=session_id)
     writer = AsciicastWriter()
 
     def live() -> bool:

@@ -3,14 +3,15 @@ real sshd, then the reviewer's CLI over the control plane (bob, a reviewer) or o
 
 Search by the command as finally run after line editing; an export that ``asciinema cat`` reads back byte
 for byte; a replay that strips what could make the reviewer's terminal act; the replay schedule of a real
-recording; a live watch from a second client; verification that names an altered, truncated or deleted
-recording; a 500 MB session listed, searched and replayed from the index; prune's dry run and refusals.
-Every success has its negative control: carol (not a reviewer) is refused, the typo is not found, the
-untouched recording still verifies.
+recording; a live watch from a second client, and a replay of a live session, which is a watch; verification
+that names an altered, truncated or deleted recording; a 500 MB session listed, searched and replayed from the
+index; prune's dry run and refusals. Every success has its negative control: carol (not a reviewer) is refused
+and the refusal audited, the typo is not found, the untouched recording still verifies.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -31,8 +32,10 @@ from jit_ssh.cli.stack import DEFAULT_POLICY, LocalStack
 from tests.e2e.stack_fixture import (
     PtyClient,
     asciicast,
+    audit_events,
     ended_session,
     granted,
+    last_audit_seq,
     run_ssh,
     session_rows,
     ssh_argv,
@@ -275,6 +278,25 @@ def test_replay_schedule_of_a_real_recording(stack: LocalStack, grant: int) -> N
 
 
 # -- live watch, and who may review ----------------------------------------------------------------
+@contextlib.contextmanager
+def _cli_process(stack: LocalStack, user: str, *args: str) -> Iterator[subprocess.Popen[bytes]]:
+    """``jit-ssh ARGS`` as ``user``, running beside the test (its output piped); killed if still running."""
+    process = subprocess.Popen(
+        [sys.executable, "-m", "jit_ssh.cli", *args],
+        env={**stack.user_env(user), "PYTHONIOENCODING": "utf-8"},
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        start_new_session=True,
+    )
+    try:
+        yield process
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.communicate()
+
+
 def _read_until(fd: int, needle: bytes, buffer: bytearray, *, timeout: float = 30.0) -> None:
     deadline = time.monotonic() + timeout
     while needle not in buffer:
@@ -308,15 +330,7 @@ def test_live_watch_shows_the_session_and_tells_the_user(stack: LocalStack, gran
             assert refused.returncode == 3, (args, refused.stdout, refused.stderr)
             assert "not a reviewer" in refused.stderr
 
-        watcher = subprocess.Popen(
-            [sys.executable, "-m", "jit_ssh.cli", "watch", session_id],
-            env={**stack.user_env("bob"), "PYTHONIOENCODING": "utf-8"},
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            start_new_session=True,
-        )
-        try:
+        with _cli_process(stack, "bob", "watch", session_id) as watcher:
             assert watcher.stdout is not None
             at = alice.expect("bob is watching", start=at)
             alice.send("echo watch-marker-$((3*5))\r")
@@ -328,10 +342,6 @@ def test_live_watch_shows_the_session_and_tells_the_user(stack: LocalStack, gran
             rest, errors = watcher.communicate(timeout=30)
             seen += rest
             assert watcher.returncode == 0, errors
-        finally:
-            if watcher.poll() is None:
-                os.killpg(watcher.pid, signal.SIGKILL)
-                watcher.communicate()
     assert "carol is watching" not in alice.text()
 
     # What bob saw is what alice's terminal showed, made safe (the replay sanitiser), up to her exit; but
@@ -350,6 +360,72 @@ def test_live_watch_shows_the_session_and_tells_the_user(stack: LocalStack, gran
         {"notice": "bob is watching this session"}
     ]
     assert [e["actor"] for e in _audit(stack, "session.watch", session_id)] == ["bob"]
+
+
+# Replaying a live session follows it as it happens: that is watching, whatever the command is called, so the
+# user is told and the audit log says session.watch (issue 10, item 13). A refused review command is audited.
+def _live_session(stack: LocalStack, since: float) -> str:
+    rows = wait_for(
+        lambda: [r for r in session_rows(stack, since=since) if r["ended_at"] is None],
+        what="alice's live session row",
+    )
+    return str(rows[0]["id"])
+
+
+def _about(events: list[dict[str, object]], session_id: str) -> list[object]:
+    return [e["actor"] for e in events if e["subject"] == f"session:{session_id}"]
+
+
+def test_replaying_a_live_session_is_a_watch_the_user_is_told_of(stack: LocalStack, grant: int) -> None:
+    since = _now()
+    argv = [*ssh_argv(stack, "alice", grant, extra=["-tt"]), BASH.format(histfile="/dev/null")]
+    with PtyClient(argv) as alice:
+        at = alice.expect("$ ")
+        session_id = _live_session(stack, since)
+        with _cli_process(stack, "bob", "replay", session_id) as replay:
+            at = alice.expect("bob is watching this session", start=at)
+            alice.send("exit\r")
+            assert alice.wait() == 0
+            _, errors = replay.communicate(timeout=60)
+            assert replay.returncode == 0, errors
+    ended_session(stack, since=since)
+    assert _about(audit_events(stack, "session.watch"), session_id) == ["bob"]
+    assert _about(audit_events(stack, "session.replay"), session_id) == []
+
+    # Negative control: the same command on the finished session is a replay, and nobody is told.
+    again = stack.jit("bob", "replay", session_id)
+    assert again.returncode == 0, again.stderr
+    assert _about(audit_events(stack, "session.replay"), session_id) == ["bob"]
+    assert _about(audit_events(stack, "session.watch"), session_id) == ["bob"]
+    assert alice.text().count("is watching") == 1
+
+
+def test_refused_review_commands_are_audited_with_user_and_command(stack: LocalStack, grant: int) -> None:
+    _, session_id = _exec_session(stack, grant, "true")
+    before = last_audit_seq(stack)
+    commands = {
+        "sessions": ("sessions",),
+        "session": ("sessions", "show", session_id),
+        "verify": ("sessions", "verify"),
+        "replay": ("replay", session_id),
+        "export": ("export", session_id, "-o", os.devnull),
+        "watch": ("watch", session_id),
+    }
+    for args in commands.values():
+        refused = stack.jit("carol", *args)
+        assert refused.returncode == 3, (args, refused.stdout, refused.stderr)
+        assert "not a reviewer" in refused.stderr
+    events = audit_events(stack, "review.refused", after_seq=before)
+    assert [(e["actor"], e["details"]["verb"]) for e in events] == [("carol", verb) for verb in commands]
+    assert all("not a reviewer" in e["details"]["reason"] for e in events)
+    assert {e["subject"] for e in events} == {"sessions", f"session:{session_id}"}
+    # Nothing was shown to carol, so nothing is audited as seen by her.
+    for action in ("session.replay", "session.export", "session.watch"):
+        assert [e for e in audit_events(stack, action, after_seq=before) if e["actor"] == "carol"] == []
+
+    # Negative control: bob, a reviewer, is not refused, and leaves no refusal.
+    assert stack.jit("bob", "sessions", "verify", session_id).returncode == 0
+    assert len(audit_events(stack, "review.refused", after_seq=before)) == len(events)
 
 
 # -- verification ----------------------------------------------------------------------------------

@@ -23,10 +23,13 @@ from pathlib import Path
 from typing import Any, TextIO
 
 import asyncssh
+from jit_ssh.broker.config import BrokerConfig
+from jit_ssh.broker.server import Broker
 from jit_ssh.ca import CADirectory, CARole, PublicKey
 from jit_ssh.ca.inventory import add_host, add_user
 from jit_ssh.ca.store import Store
 from jit_ssh.cli.openssh import generate_ssh_key, ssh_base_options
+from jit_ssh.cli.stack import DEFAULT_POLICY
 
 __all__ = [
     "HOSTS",
@@ -38,6 +41,7 @@ __all__ = [
     "SshReply",
     "add_key",
     "create_site",
+    "in_process_broker",
     "openssh_call",
     "running_brokers",
     "ssh_call",
@@ -281,6 +285,17 @@ def create_site(root: Path, *, via_cli: bool = False) -> BrokerSite:
             store.dispose()
         site.known_hosts.write_text(f"@cert-authority * {ca.public_key(CARole.HOST).to_openssh('jit-ssh-host-ca')}\n")
     return site
+
+
+def in_process_broker(root: Path) -> Broker:
+    """A :class:`Broker` object in this process (not started) over a new CA, the demo policy and ``root/data``."""
+    CADirectory.create(root / "ca", passphrase=None, insecure_no_passphrase=True)
+    (root / "policy.toml").write_text(DEFAULT_POLICY.replace("{login}", "ubuntu"), encoding="utf-8")
+    config = BrokerConfig.from_mapping(
+        {"broker": {"data_dir": "data", "ca_dir": "ca", "policy": "policy.toml", "listen": "127.0.0.1:0"}},
+        path=root / "broker.toml",
+    )
+    return Broker(config, passphrase=None)
 
 
 def add_key(site: BrokerSite, name: str) -> tuple[Path, PublicKey]:

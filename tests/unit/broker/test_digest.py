@@ -82,3 +82,31 @@ def test_many_digests_short_of_a_batch_stay_under_the_hold_cap(monkeypatch: pyte
         stream.update(piece)
         assert digest_module._worker.held <= 4 * 1024 * 1024
     assert [s.hexdigest() for s in streams] == [hashlib.sha256(p).hexdigest() for p in pieces]
+
+
+def test_held_counts_every_pending_byte_and_never_goes_negative() -> None:
+    # The chunk that completes a batch was once released by the batch without ever being held: the count
+    # fell by up to a batch each time, went negative, and the MAX_HELD cap stopped engaging.
+    before = digest_module._worker.held
+    stream = StreamDigest()
+    for chunk in _chunks(11, 7 * BATCH + 5):
+        stream.update(chunk)
+        assert digest_module._worker.held - before == stream._pending_size
+    stream.hexdigest()
+    assert digest_module._worker.held == before >= 0
+
+
+def test_the_hold_cap_engages_after_many_batches(monkeypatch: pytest.MonkeyPatch) -> None:
+    cap = 2 * BATCH
+    monkeypatch.setattr(digest_module, "MAX_HELD", cap)
+    busy = StreamDigest()
+    for chunk in _chunks(3, 20 * BATCH):  # batches made one after another must not open room under the cap
+        busy.update(chunk)
+    streams = [StreamDigest() for _ in range(8)]
+    for stream in streams:
+        stream.update(os.urandom(BATCH // 2))
+        assert digest_module._worker.held <= cap
+    assert any(not s._pending for s in streams)  # past the cap, updates made their batch at once
+    busy.hexdigest()
+    for stream in streams:
+        stream.hexdigest()
