@@ -62,7 +62,10 @@ __all__ = ["TypedCommand", "reconstruct_commands"]
 
 _TAIL = 16 * 1024  # output bytes fed to the emulator before a keystroke, at most
 _ECHO_WATCH, _ECHO_NEEDLE = 1024 * 1024, 64  # output searched for a line's late echo, and how much of the line
-_MAX_COLUMNS, _MAX_LINES = 1000, 500  # a hostile resize must not make the emulator allocate much
+#: The emulated screen's bounds: a terminal of 1000x500 made each ESC # 8 (fill the screen) cost half a million
+#: cell writes. A wider terminal is emulated at this size: its long lines may wrap differently on the
+#: emulated screen, and the keys' reading of a line is indexed beside the screen's where they differ.
+_MAX_COLUMNS, _MAX_LINES = 512, 200
 _SIZE = re.compile(rb"(\d{1,9})x(\d{1,9})")
 
 
