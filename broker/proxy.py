@@ -308,8 +308,11 @@ class ProxySession(asyncssh.SSHServerSession[bytes]):
         return True  # half-open until the host closes
 
     def host_eof(self) -> None:
-        if self.chan is not None and not self._closed:
-            self.chan.write_eof()
+        """The host's output ended. Not passed on yet: the client learns it with the exit status, which
+        sshd sends just after. A client that has closed its input (``ssh host cmd < /dev/null``, a
+        ControlMaster's session) closes the channel as soon as it sees EOF both ways, and an exit status
+        that comes after that is lost: ssh then exits 255 instead of the command's status. The channel's
+        close, after the exit status, ends the client's output instead."""
 
     def terminal_size_changed(self, width: int, height: int, pixwidth: int, pixheight: int) -> None:
         if max(width, height) > _MAX_DIMENSION:

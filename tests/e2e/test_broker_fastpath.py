@@ -21,7 +21,16 @@ import pytest
 from jit_ssh.broker import fastpath
 from jit_ssh.cli.stack import LocalStack
 
-from tests.e2e.stack_fixture import ended_session, granted, metadata, recording_frames, run_ssh, ssh_argv, started_stack
+from tests.e2e.stack_fixture import (
+    ended_session,
+    granted,
+    metadata,
+    recording_frames,
+    run_ssh,
+    ssh_argv,
+    started_stack,
+    stream_bytes,
+)
 
 pytestmark = pytest.mark.e2e
 
@@ -97,4 +106,7 @@ def test_upload_through_rekeys(site: Site, cipher: str) -> None:
     assert done.stdout.split()[0].decode() == site.digest
     row = ended_session(site.stack, since=since)
     assert (row["exit_status"], row["bytes_in"]) == (7, SIZE)
-    assert _streams(row)["i"] == {"bytes": SIZE, "sha256": site.digest}
+    # Input is recorded in full (it could be a script): the recording holds exactly what was sent.
+    _, frames, truncated = recording_frames(Path(row["recording_path"]))
+    assert not truncated
+    assert hashlib.sha256(stream_bytes(frames, "i")).hexdigest() == site.digest
