@@ -45,7 +45,8 @@ from jit_ssh.ca.workflow import Authority, RequestState
 from sqlmodel import col, select
 
 from . import fastpath
-from .castlog import AsciicastWriter, follow_frames
+from .asciicast import AsciicastWriter
+from .castlog import follow_frames
 from .config import BrokerConfig
 from .control import (
     MAX_ARGUMENTS,

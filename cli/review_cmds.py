@@ -17,7 +17,8 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from jit_ssh.broker.castlog import AsciicastWriter, follow_frames
+from jit_ssh.broker.asciicast import AsciicastWriter
+from jit_ssh.broker.castlog import follow_frames
 from jit_ssh.broker.config import BrokerConfig
 from jit_ssh.broker.review import (
     list_sessions,
