@@ -91,8 +91,9 @@ _SPECS: dict[str, _Spec] = {
     },
     "session": {"id": (str, True)},
     "verify": {"id": (str, False)},
-    # Streaming verbs: asciicast v2 text on stdout instead of a JSON reply (see server.ControlSession).
-    "export": {"id": (str, True), "follow": (bool, False), "purpose": (str, False)},
+    # Streaming verbs: asciicast text (v2; v3 for an export in that format) on stdout instead of a JSON reply
+    # (see server.ControlSession).
+    "export": {"id": (str, True), "follow": (bool, False), "purpose": (str, False), "format": (str, False)},
     "watch": {"id": (str, True)},
     # The current KRL, raw bytes (for hosts' RevokedKeys; any enrolled user or host may fetch it).
     "krl": {},

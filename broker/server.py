@@ -45,7 +45,8 @@ from jit_ssh.ca.workflow import Authority, RequestState
 from sqlmodel import col, select
 
 from . import fastpath
-from .castlog import AsciicastWriter, follow_frames
+from .asciicast import AsciicastWriter, CastFormat
+from .castlog import follow_frames
 from .config import BrokerConfig
 from .control import (
     MAX_ARGUMENTS,
@@ -686,7 +687,8 @@ class ControlSession(asyncssh.SSHServerSession[bytes]):
         self.broker.spawn(go())
 
     async def _stream(self, raw: bytes) -> None:
-        """export / watch: the recording as asciicast v2 text, following it while the session runs."""
+        """export / watch: the recording as asciicast text (v2, or v3 for an export that asks), following it
+        while the session runs."""
         try:
             args = parse_arguments(self.command, raw)
             if self.command == "krl":
@@ -695,11 +697,11 @@ class ControlSession(asyncssh.SSHServerSession[bytes]):
                 if self.chan is not None:
                     self.chan.exit(0)
                 return
+            writer = AsciicastWriter(str(args.get("format", CastFormat.V2)))  # a bad format: refused, not audited
             path, live = await self.broker.open_stream(self.user, self.command, args)
         except JitSshError as exc:
             self._send(error_reply(exc), exc.exit_code)
             return
-        writer = AsciicastWriter()
         follow = self.command == "watch" or bool(args.get("follow"))
         try:
             async for header, frame in follow_frames(path, live=live if follow else lambda: False):

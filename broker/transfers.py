@@ -53,10 +53,11 @@ def _named(op: Mapping[str, Any], key: str) -> str:
     return "" if handle is None else f"handle {handle}"
 
 
-def describe(op: Mapping[str, Any]) -> str:
+def describe(op: Mapping[str, Any], *, full: bool = False) -> str:
     """One line for a reviewer: ``setstat  /usr/bin/x mode 4755: permission denied (Permission denied)``.
 
-    Values are as recorded: whoever prints the line escapes what a terminal would act on.
+    Values are as recorded: whoever prints the line escapes what a terminal would act on. ``full`` (an
+    export's marker, read without the table around it): the name unpadded and the SHA-256 whole.
     """
     if "to" in op or "to_handle" in op:
         target = f"{_named(op, 'from')} -> {_named(op, 'to')}"
@@ -64,12 +65,13 @@ def describe(op: Mapping[str, Any]) -> str:
         target = f"{_named(op, 'path')} -> {op['target']}"
     else:
         target = _named(op, "path")
-    parts = [f"{op.get('op', '?')!s:<8}", target]
+    parts = [f"{op.get('op', '?')!s:{'' if full else '<8'}}", target]
     if "flags" in op:
         parts.append(f"[{','.join(map(str, op['flags']))}]")
     parts += [f"{key} {value}" for key, value in op.items() if key not in _NOT_SHOWN]
     if "bytes" in op:
-        parts.append(f"{op['bytes']} bytes sha256 {str(op.get('sha256'))[:16]}...")
+        digest = str(op.get("sha256"))
+        parts.append(f"{op['bytes']} bytes sha256 {digest if full else digest[:16] + '...'}")
     line = " ".join(part for part in parts if part)
     if "outcome" in op:
         line += f": {op['outcome']}" + (f" ({op['message']})" if op.get("message") else "")

@@ -17,7 +17,8 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from jit_ssh.broker.castlog import AsciicastWriter, follow_frames
+from jit_ssh.broker.asciicast import AsciicastWriter, CastFormat
+from jit_ssh.broker.castlog import follow_frames
 from jit_ssh.broker.config import BrokerConfig
 from jit_ssh.broker.review import (
     list_sessions,
@@ -257,11 +258,13 @@ def hold(
 
 
 # -- streams -----------------------------------------------------------------------------------------
-async def _local_lines(store: Store, session_id: str, *, follow: bool, action: str) -> AsyncIterator[bytes]:
+async def _local_lines(
+    store: Store, session_id: str, *, follow: bool, action: str, cast_format: CastFormat
+) -> AsyncIterator[bytes]:
     path, running = recording_of(store, session_id)
     # Following a live session is watching it (the user cannot be told from here: no broker is involved).
     record_review(store, actor="admin", action="session.watch" if follow and running else action, session_id=session_id)
-    writer = AsciicastWriter()
+    writer = AsciicastWriter(cast_format)
 
     def live() -> bool:
         return follow and recording_of(store, session_id)[1]
@@ -280,13 +283,19 @@ async def _remote_lines(verb: str, args: dict[str, Any]) -> AsyncIterator[bytes]
             yield line
 
 
-def _lines(config: Path | None, session_id: str, *, verb: str, follow: bool, purpose: str) -> AsyncIterator[bytes]:
+def _lines(
+    config: Path | None, session_id: str, *, verb: str, follow: bool, purpose: str,
+    cast_format: CastFormat = CastFormat.V2,
+) -> AsyncIterator[bytes]:  # fmt: skip
+    """asciicast lines of a session; replay and watch read v2 (times since the start) back."""
     store = _local_store(config)
     if store is not None:
-        return _local_lines(store, session_id, follow=follow, action=f"session.{purpose}")
+        return _local_lines(store, session_id, follow=follow, action=f"session.{purpose}", cast_format=cast_format)
     args: dict[str, Any] = {"id": session_id}
     if verb == "export":
         args.update(follow=follow, purpose=purpose)
+        if cast_format is not CastFormat.V2:  # v2 is the default, which a broker without --format also writes
+            args["format"] = cast_format.value
     return _remote_lines(verb, args)
 
 
@@ -296,14 +305,23 @@ def register(app: typer.Typer) -> None:
     @app.command("export")
     def export(
         session_id: Annotated[str, typer.Argument()],
-        output: Annotated[Path, typer.Option("-o", "--output", help="FILE.cast (asciicast v2).")],
+        output: Annotated[Path, typer.Option("-o", "--output", help="FILE.cast")],
+        cast_format: Annotated[
+            CastFormat, typer.Option("--format", help="asciicast v2 (asciinema 2 and 3 read it) or v3 (asciinema 3).")
+        ] = CastFormat.V2,
         config: ConfigOption = None,
     ) -> None:
-        """Write a session as a standard asciicast v2 file (asciinema play/cat read it)."""
+        """Write a session as a standard asciicast file (asciinema play/cat and asciinema-player read it).
+
+        Terminal output and input are events; the exec command, environment, file operations, signals,
+        jit-ssh's notices, the end and the exit status are markers (v3: the exit status is also its exit
+        event). Text that is not UTF-8 is shown as U+FFFD: the recording on the bastion keeps the exact
+        bytes, and `jit-ssh sessions verify` checks it against its digest.
+        """
 
         async def collect() -> bytes:
-            chunks = [line async for line in _lines(config, session_id, verb="export", follow=False, purpose="export")]
-            return b"".join(chunks)
+            lines = _lines(config, session_id, verb="export", follow=False, purpose="export", cast_format=cast_format)
+            return b"".join([line async for line in lines])
 
         data = run_async(collect())
         write_atomic(output, data, mode=0o600)

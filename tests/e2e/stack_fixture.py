@@ -25,9 +25,12 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from jit_ssh.broker.castlog import Frame, read_recording, to_asciicast
+from jit_ssh.broker.asciicast import to_asciicast
+from jit_ssh.broker.castlog import Frame, read_recording
 from jit_ssh.ca import Certificate, PublicKey, Signer, mint_user_certificate
 from jit_ssh.cli.stack import LocalStack
+
+from tests.e2e.asciicast_rules import check_v2
 
 __all__ = [
     "PtyClient",
@@ -153,30 +156,17 @@ def metadata(frames: Sequence[Frame]) -> list[dict[str, Any]]:
 
 
 def asciicast(path: Path) -> tuple[dict[str, Any], list[list[Any]]]:
-    """Export ``path`` with ``to_asciicast`` and check every line against asciicast v2."""
+    """Export ``path`` with ``to_asciicast``, check it as asciinema 3 reads asciicast v2 (asciicast_rules.py),
+    and return the header and the events as written (``[seconds, code, data]``)."""
     out = io.StringIO()
     to_asciicast(path, out)
-    lines = out.getvalue().splitlines()
-    header = json.loads(lines[0])
-    assert header["version"] == 2
-    assert isinstance(header["width"], int)
+    text = out.getvalue()
+    text.encode("utf-8")  # every reader opens the file as UTF-8
+    header, _ = check_v2(text)
     assert header["width"] > 0
-    assert isinstance(header["height"], int)
     assert header["height"] > 0
-    events = []
-    previous = 0.0
-    for line in lines[1:]:
-        event = json.loads(line)
-        assert isinstance(event, list), line
-        assert len(event) == 3, line
-        moment, code, data = event
-        assert isinstance(moment, float | int), line
-        assert moment >= previous, line
-        assert code in ("o", "i", "r", "x"), line
-        if code in ("o", "i", "r"):
-            assert isinstance(data, str), line
-        previous = moment
-        events.append(event)
+    events = [json.loads(line) for line in text.splitlines()[1:]]
+    assert {code for _, code, _ in events} <= {"o", "i", "r", "m"}  # the codes the v2 specification lists
     return header, events
 
 
@@ -271,6 +261,12 @@ class PtyClient:
     def send(self, text: str) -> None:
         assert self.master is not None
         os.write(self.master, text.encode())
+
+    def resize(self, cols: int, rows: int) -> None:
+        """Resize the terminal as a terminal emulator does: the new size on the pty, then SIGWINCH."""
+        assert self.master is not None
+        fcntl.ioctl(self.master, termios.TIOCSWINSZ, struct.pack("HHHH", rows, cols, 0, 0))
+        os.killpg(self.process.pid, signal.SIGWINCH)
 
     def _read(self, timeout: float) -> None:
         if self.eof or self.master is None:

@@ -356,8 +356,8 @@ def test_live_watch_shows_the_session_and_tells_the_user(stack: LocalStack, gran
     row = ended_session(stack, since=since)
     assert row["id"] == session_id
     _, events = asciicast(Path(row["recording_path"]))
-    assert [data for _, code, data in events if code == "x" and "notice" in data] == [
-        {"notice": "bob is watching this session"}
+    assert [data for _, code, data in events if code == "m" and data.startswith("jit-ssh: ")] == [
+        "jit-ssh: bob is watching this session"
     ]
     assert [e["actor"] for e in _audit(stack, "session.watch", session_id)] == ["bob"]
 
