@@ -206,7 +206,7 @@ def host_enroll(
         add_user(store, f"host-{name}", keys=[key], groups=[HOST_GROUP])
     bundle = build_bundle(
         name=name, address=host_address, store=store, policy=Policy.load(cfg.policy), ca_dir=cfg.ca_dir,
-        labels=label_map, host_key=key, validity=parse_duration(validity),
+        labels=label_map, host_key=key, validity=parse_duration(validity), bastion_addresses=cfg.source_addresses,
         host_key_name=host_key.name.removesuffix(".pub") if host_key else "ssh_host_ed25519_key",
     )  # fmt: skip
     if output is not None:

@@ -8,10 +8,13 @@ The bundle (printed, or written to ``--output DIR`` for ``scripts/enroll-host``)
     known_hosts                  the host CA's @cert-authority line: fetch-krl verifies the bastion with it
     jit-ssh.conf                 the sshd_config.d drop-in naming the three, and the host certificate
     HOSTKEY-cert.pub             the host's own key certified by the host CA (with --host-key)
+    bastion_addresses            the addresses hosts see the broker connect from ([broker] source_addresses):
+                                 the only ones 'enroll-host --firewall' lets open new connections to the host
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -65,6 +68,7 @@ def build_bundle(
     ca_dir: Path,
     labels: dict[str, str],
     host_key: PublicKey | None,
+    bastion_addresses: Sequence[str] = (),
     host_key_name: str = "ssh_host_ed25519_key",
     validity: timedelta = timedelta(days=365),
     prefix: str = DEFAULT_PREFIX,
@@ -99,4 +103,10 @@ def build_bundle(
         cert_name = f"{host_key_name}-cert.pub"
         bundle.files[cert_name] = (cert.to_openssh(f"jit-ssh host {name}") + "\n").encode()
     bundle.files["jit-ssh.conf"] = drop_in(prefix=prefix, host_cert=cert_name).encode()
+    if bastion_addresses:
+        # So that the operator need not type them for 'enroll-host --firewall', and cannot mistype them.
+        bundle.files["bastion_addresses"] = (
+            "# [broker] source_addresses: what this host sees the broker connect from.\n"
+            + "".join(f"{address}\n" for address in bastion_addresses)
+        ).encode()
     return bundle
