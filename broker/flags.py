@@ -37,6 +37,9 @@ _COMMAND_PATTERNS: tuple[tuple[re.Pattern[str], str], ...] = (
     (re.compile(_WORD + r"(?:crontab\b|at\s+(?:now|[0-9]))"), "persistence: scheduled job"),
     (re.compile(_WORD + r"(?:systemd-run|nohup|setsid|disown)\b"), "detached process"),
     (re.compile(r"/dev/(?:tcp|udp)/"), "reverse shell: /dev/tcp"),
+    # The host firewall (scripts/enroll-host --firewall) is what keeps out-of-band servers unreachable.
+    (re.compile(_WORD + r"(?:nft\s+(?:-\S+\s+)*(?:flush|delete|add|insert|replace|destroy|-f)\b"
+                r"|(?:ip6?tables|ufw|firewall-cmd)\b)"), "firewall changed"),
 )  # fmt: skip
 _OUTPUT_PATTERNS: tuple[tuple[re.Pattern[str], str], ...] = (
     (re.compile(r"^MOSH CONNECT \d+ "), "out-of-band server: mosh-server"),

