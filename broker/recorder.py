@@ -112,14 +112,12 @@ class Recorder:
             self._captured[stream] += len(data)
         moment = time.time() - self._start
         code = _CODES[stream]
-        if len(data) <= MAX_FRAME:
-            self._buffer += encode_frame(code, moment, data)
-        else:
-            view = memoryview(data)
-            for offset in range(0, len(view), MAX_FRAME):
-                self._buffer += encode_frame(code, moment, view[offset : offset + MAX_FRAME])
-        if len(self._buffer) >= _FLUSH_BYTES:
-            self.flush()
+        view = memoryview(data)
+        for offset in range(0, max(1, len(view)), MAX_FRAME):
+            self._buffer += encode_frame(code, moment, view[offset : offset + MAX_FRAME])
+            if len(self._buffer) >= _FLUSH_BYTES:
+                # One flush is one zstd frame: kept small, so that a reader never holds much of it at once.
+                self.flush()
 
     def resize(self, cols: int, rows: int) -> None:
         self._frame(b"r", f"{cols}x{rows}".encode())

@@ -708,6 +708,7 @@ class ControlSession(asyncssh.SSHServerSession[bytes]):
                 text = writer.header(header) if frame is None else writer.frame(frame)
                 if text and not await self._write(text.encode()):
                     return
+                await asyncio.sleep(0)  # a long recording must not hold the loop (and the enforcement clock)
             await self._write(writer.finish().encode())
         except Exception as exc:  # noqa: BLE001 - the reviewer must learn the stream is incomplete, not get a hang
             error = exc if isinstance(exc, JitSshError) else JitSshError(f"cannot read the recording: {exc}")

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import os
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 from jit_ssh.ca import JitSshError
 
-__all__ = ["write_atomic"]
+__all__ = ["write_atomic", "write_stream_atomic"]
 
 
 def write_atomic(path: Path, data: bytes, *, mode: int) -> None:
@@ -24,3 +25,30 @@ def write_atomic(path: Path, data: bytes, *, mode: int) -> None:
     except OSError as exc:
         tmp.unlink(missing_ok=True)
         raise JitSshError(f"cannot write {path}: {exc.strerror}") from exc
+
+
+async def write_stream_atomic(path: Path, chunks: AsyncIterator[bytes], *, mode: int) -> int:
+    """Write ``chunks`` to ``path`` as they come, replacing it in one rename at the end; returns the size.
+
+    Nothing is held in memory (an export can be gigabytes of JSON), and if the stream fails nothing is
+    left behind: no empty or half-written file where the reviewer expects the whole.
+    """
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    size = 0
+    try:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+        with os.fdopen(fd, "wb") as handle:
+            async for chunk in chunks:
+                handle.write(chunk)
+                size += len(chunk)
+            handle.flush()
+            os.fsync(handle.fileno())
+        tmp.chmod(mode)
+        tmp.replace(path)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        raise JitSshError(f"cannot write {path}: {exc.strerror}") from exc
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return size

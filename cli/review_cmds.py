@@ -38,7 +38,7 @@ from rich.table import Table
 from rich.text import Text
 
 from .client import ControlClient, call, run_async
-from .files import write_atomic
+from .files import write_stream_atomic
 from .output import console, emit_json, plain, printable
 from .player import TtyKeys, play, sanitize, schedule
 from .settings import Settings
@@ -319,13 +319,9 @@ def register(app: typer.Typer) -> None:
         bytes, and `jit-ssh sessions verify` checks it against its digest.
         """
 
-        async def collect() -> bytes:
-            lines = _lines(config, session_id, verb="export", follow=False, purpose="export", cast_format=cast_format)
-            return b"".join([line async for line in lines])
-
-        data = run_async(collect())
-        write_atomic(output, data, mode=0o600)
-        console.print(plain(f"Wrote {output} ({_size(len(data))})"))
+        lines = _lines(config, session_id, verb="export", follow=False, purpose="export", cast_format=cast_format)
+        size = run_async(write_stream_atomic(output, lines, mode=0o600))
+        console.print(plain(f"Wrote {output} ({_size(size)})"))
 
     @app.command("replay")
     def replay(
