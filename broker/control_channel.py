@@ -10,6 +10,7 @@ import asyncio
 import contextlib
 import json
 import logging
+from collections.abc import Callable, Coroutine
 from typing import TYPE_CHECKING, Any
 
 import asyncssh
@@ -31,9 +32,11 @@ _STDIN_TIMEOUT = 30.0
 class ControlSession(asyncssh.SSHServerSession[bytes]):
     """One control command: ``VERB`` with JSON arguments inline or on stdin (read to EOF, bounded)."""
 
-    def __init__(self, broker: Broker, user: str) -> None:
+    def __init__(self, broker: Broker, user: str, on_closed: Callable[[], None] | None = None) -> None:
         self.broker = broker
         self.user = user
+        self._on_closed = on_closed
+        self._slot: str | None = None
         self.chan: asyncssh.SSHServerChannel[bytes] | None = None
         self.command = ""
         self.inline = b""
@@ -90,14 +93,33 @@ class ControlSession(asyncssh.SSHServerSession[bytes]):
         if self._timer is not None:
             self._timer.cancel()
         if self.command in STREAM_VERBS:
-            self.broker.spawn(self._stream(raw))
+            if not self.broker.take_slot("stream", self.user):
+                # Refused before any work (a stream may last as long as a session): bounded per user.
+                busy = JitSshError(f"{self.user} has too many exports and watches running at once")
+                self._send(error_reply(busy), 1)
+                return
+            self._slot = "stream"
+            self.broker.spawn(self._released(self._stream(raw)))
             return
 
         async def go() -> None:
-            reply, code = await self.broker.run_control(self.user, self.command, raw)
+            # One user's commands wait for that user's own few places: a flood of them holds no thread
+            # that another user's command waits for.
+            async with self.broker.command_place(self.user):
+                if self.closed:
+                    return
+                reply, code = await self.broker.run_control(self.user, self.command, raw)
             self._send(reply, code)
 
         self.broker.spawn(go())
+
+    async def _released(self, work: Coroutine[Any, Any, None]) -> None:
+        try:
+            await work
+        finally:
+            if self._slot is not None:
+                self.broker.give_slot(self._slot, self.user)
+                self._slot = None
 
     async def _stream(self, raw: bytes) -> None:
         """export / watch: the recording as asciicast text (v2, or v3 for an export that asks), following it
@@ -168,7 +190,9 @@ class ControlSession(asyncssh.SSHServerSession[bytes]):
             pass  # the client went away; the command's effect (if any) is committed and audited
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self.closed = True
         self._writable.set()
         if self._timer is not None:
             self._timer.cancel()
+        if not self.closed and self._on_closed is not None:
+            self._on_closed()  # the connection's channel count
+        self.closed = True

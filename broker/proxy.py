@@ -169,6 +169,7 @@ class ProxySession(asyncssh.SSHServerSession[bytes]):
         self._attached = False
         self._early: list[bytes] = []
         self._early_eof = False
+        self._released = False
 
     @property
     def closed(self) -> bool:
@@ -435,3 +436,6 @@ class ProxySession(asyncssh.SSHServerSession[bytes]):
             self._finish()
         if self._task is not None and not self._task.done():
             self._task.cancel()
+        if not self._released:  # once, though the channel and its connection may both report it
+            self._released = True
+            self.client.channel_closed(self)

@@ -16,7 +16,7 @@ import secrets
 import signal
 import socket
 import time
-from collections.abc import Callable, Coroutine, Mapping
+from collections.abc import AsyncIterator, Callable, Coroutine, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -74,6 +74,16 @@ _ONWARD_TIMEOUT = 15.0
 #: share of one source (a peer address or a user); the rest is counted in one summary (refusals.py).
 REFUSAL_BURST = 60
 REFUSAL_PER_SOURCE = 30
+#: Channels one client connection may have open or opening at once (sshd's own MaxSessions is 10).
+MAX_CHANNELS_PER_CONNECTION = 10
+#: Sessions one user may have live or starting at once, over all their connections and grants.
+MAX_SESSIONS_PER_USER = 32
+#: Control commands one user may have running at once (more wait their turn); and streams (export, watch:
+#: they may last as long as a session, so more are refused).
+MAX_COMMANDS_PER_USER = 4
+MAX_STREAMS_PER_USER = 8
+#: Verbs that decide (and end) access: threads of their own, never queued behind anyone's other work.
+DECISION_VERBS = frozenset({"approve", "deny", "revoke", "cancel"})
 #: What _request_states says of a grant whose user is disabled (or gone), whatever the request's own state.
 _USER_DISABLED = "user-disabled"
 #: The broker's own hop prefers AES-GCM, which asyncssh relays 1.5 to 2 times as fast as its default first
@@ -154,7 +164,15 @@ class Broker:
         #: Review queries (search, verify) read much: they get threads of their own, so that a reviewer's
         #: search never makes an approval or a revocation wait.
         self.review_pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="jit-ssh-review")
+        # Each kind of work a user can cause has threads of its own, and each user a bounded share of it
+        # (take_slot): a flood of one kind (session set-up, status commands) never queues a revocation,
+        # an approval or another client's login behind it.
+        self.auth_pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="jit-ssh-auth")
+        self._decision_pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="jit-ssh-decide")
+        self._control_pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix="jit-ssh-control")
         self._io_pool = ThreadPoolExecutor(max_workers=8, thread_name_prefix="jit-ssh-io")
+        self._slots: dict[tuple[str, str], int] = {}
+        self._places: dict[str, list[Any]] = {}
         self._server: asyncssh.SSHAcceptor | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
         self._loops: list[asyncio.Task[None]] = []
@@ -268,7 +286,8 @@ class Broker:
         await self.flush_refusals(force=True)
         await self.enforcer.stop()
         await self.notifier.stop()
-        self.review_pool.shutdown(wait=False, cancel_futures=True)
+        for pool in (self.review_pool, self.auth_pool, self._decision_pool, self._control_pool):
+            pool.shutdown(wait=False, cancel_futures=True)
         self.store.dispose()
 
     async def serve_forever(self) -> None:
@@ -518,7 +537,7 @@ class Broker:
     async def authenticate(self, username: str, key: PublicKey, peer: str) -> str | None:
         """The user an enrolled ``key`` belongs to, if that is ``username``; refusals are audited."""
         try:
-            user = await asyncio.to_thread(user_for_key, self.store, key)
+            user = await asyncio.get_running_loop().run_in_executor(self.auth_pool, user_for_key, self.store, key)
         except (AccessDenied, InputError) as exc:
             await self._audit_auth_refusal(username, {"key": key.fingerprint(), "peer": peer, "reason": exc.message})
             return None
@@ -535,9 +554,41 @@ class Broker:
         if events:
             await asyncio.to_thread(self.refusals.write, events)
 
+    # -- what one user may hold at once ---------------------------------------------------------
+    def take_slot(self, kind: str, user: str) -> bool:
+        """Take one of ``user``'s slots of ``kind`` (``session`` or ``stream``); False if all are taken."""
+        most = MAX_SESSIONS_PER_USER if kind == "session" else MAX_STREAMS_PER_USER
+        held = self._slots.get((kind, user), 0)
+        if held >= most:
+            return False
+        self._slots[kind, user] = held + 1
+        return True
+
+    @contextlib.asynccontextmanager
+    async def command_place(self, user: str) -> AsyncIterator[None]:
+        """One of ``user``'s places to run a control command (waited for, never refused)."""
+        gate = self._places.get(user)
+        if gate is None:
+            gate = self._places[user] = [asyncio.Semaphore(MAX_COMMANDS_PER_USER), 0]
+        gate[1] += 1
+        try:
+            async with gate[0]:
+                yield
+        finally:
+            gate[1] -= 1
+            if not gate[1]:
+                del self._places[user]
+
+    def give_slot(self, kind: str, user: str) -> None:
+        held = self._slots.get((kind, user), 0) - 1
+        if held > 0:
+            self._slots[kind, user] = held
+        else:
+            self._slots.pop((kind, user), None)
+
     # -- control commands ------------------------------------------------------------------------
-    def control_session(self, user: str) -> ControlSession:
-        return ControlSession(self, user)
+    def control_session(self, user: str, on_closed: Callable[[], None] | None = None) -> ControlSession:
+        return ControlSession(self, user, on_closed)
 
     def current_krl(self) -> bytes:
         """The KRL hosts should use now: every revoked, unexpired serial of the access and user CAs."""
@@ -603,7 +654,10 @@ class Broker:
             self.publish_krl()  # the published KRL changes at once (we run in a worker thread here)
 
         ctx = self.control_context(user, on_revoke=revoked)
-        pool = self.review_pool if verb in REVIEW_VERBS else None
+        pool = (
+            self.review_pool if verb in REVIEW_VERBS else self._decision_pool if verb in DECISION_VERBS
+            else self._control_pool
+        )  # fmt: skip
         reply, code = await loop.run_in_executor(pool, dispatch, ctx, verb, raw)
         log.info("control user=%s verb=%s exit=%d ms=%.1f", user, verb[:32], code, (time.monotonic() - started) * 1000)
         return reply, code

@@ -25,6 +25,7 @@ from jit_ssh.ca import AccessDenied, Certificate, CertificateError, InputError, 
 
 from .proxy import Onward, ProxySession, allowed_env
 from .recorder import FULL, Recorder
+from .refusals import source_of
 from .tcp import quick_acks
 
 if TYPE_CHECKING:
@@ -100,6 +101,8 @@ class ClientConnection(asyncssh.SSHServer):
         self._opening = 0  # channels between their request and their place in self.live
         self._idle_timer: asyncio.TimerHandle | None = None
         self.live: set[ProxySession] = set()
+        #: Channels open or opening on this connection (bounded: see session_requested).
+        self.channels = 0
 
     # -- authentication --------------------------------------------------------------------------
     def connection_made(self, conn: asyncssh.SSHServerConnection) -> None:
@@ -136,7 +139,9 @@ class ClientConnection(asyncssh.SSHServer):
         # OpenSSH probes with a key before it signs, and never signs once the probe is refused: the
         # first refusal, probe or not, is the one the user must see and the audit log must hold.
         try:
-            grant = await asyncio.to_thread(self.broker.session_grant, username, cert, self.peer, True)
+            grant = await asyncio.get_running_loop().run_in_executor(
+                self.broker.auth_pool, self.broker.session_grant, username, cert, self.peer, True
+            )
         except AccessDenied as exc:
             self._refused.add((username, key_data))
             if self.conn is not None:
@@ -175,11 +180,37 @@ class ClientConnection(asyncssh.SSHServer):
         return True
 
     def session_requested(self) -> asyncssh.SSHServerSession[bytes] | bool:
+        """A new channel: refused before any other work beyond what one connection and one user may hold."""
+        from .server import MAX_CHANNELS_PER_CONNECTION, MAX_SESSIONS_PER_USER  # noqa: PLC0415 - a cycle otherwise
+
+        if self.grant is None and self.user is None:
+            return False
+        if self.channels >= MAX_CHANNELS_PER_CONNECTION:
+            self._refuse_channel(f"at most {MAX_CHANNELS_PER_CONNECTION} channels at once on one connection")
         if self.grant is not None:
-            return ProxySession(self)
-        if self.user is not None:
-            return self.broker.control_session(self.user)
-        return False
+            if not self.broker.take_slot("session", self.grant.user):
+                self._refuse_channel(f"at most {MAX_SESSIONS_PER_USER} sessions of one user at once")
+            session: asyncssh.SSHServerSession[bytes] = ProxySession(self)
+        else:
+            session = self.broker.control_session(str(self.user), lambda: self.channel_closed(None))
+        self.channels += 1
+        return session
+
+    def _refuse_channel(self, reason: str) -> None:
+        who = self.grant.user if self.grant is not None else str(self.user)
+        self.broker.spawn(
+            asyncio.to_thread(
+                self.broker.audit_refusal, "channel.refused", f"user:{who}", {"peer": self.peer, "reason": reason},
+                source_of(self.peer),
+            )
+        )  # fmt: skip
+        raise asyncssh.ChannelOpenError(asyncssh.OPEN_ADMINISTRATIVELY_PROHIBITED, f"jit-ssh: {reason}")
+
+    def channel_closed(self, session: object) -> None:
+        """A channel of this connection closed: its place (and, for a session, its user's slot) is free."""
+        self.channels = max(0, self.channels - 1)
+        if isinstance(session, ProxySession) and self.grant is not None:
+            self.broker.give_slot("session", self.grant.user)
 
     def connection_requested(self, dest_host: str, dest_port: int, orig_host: str, orig_port: int) -> bool:
         # Port forwarding is not recorded yet, so it is refused whatever the grant says.

@@ -80,7 +80,9 @@ class RecordingFile:
     def create(cls, path: Path, first: bytes) -> RecordingFile:
         """Create ``path`` 0640 in a 0750 directory and write ``first`` (compressed) before returning."""
         try:
-            private_dir(path.parent, 0o750)  # the day's directories too: mkdir(parents=True) left them to the umask
+            # The day's directories too (mkdir(parents=True) would leave them to the umask); a folder that is there
+            # already is left as it is: it may be anyone's (a recording written straight into /tmp).
+            private_dir(path.parent, 0o750, tighten_existing=False)
             fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND | os.O_CLOEXEC, 0o640)
         except OSError as exc:
             raise RecordingError(f"cannot open the session recording {path}: {exc.strerror}") from exc

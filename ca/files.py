@@ -23,8 +23,9 @@ __all__ = ["LOOSE", "private_dir", "tighten", "write_private"]
 LOOSE = 0o027
 
 
-def private_dir(path: Path, mode: int = 0o700) -> None:
-    """Create ``path`` and its missing parents with exactly ``mode``; tighten ``path`` if it exists."""
+def private_dir(path: Path, mode: int = 0o700, *, tighten_existing: bool = True) -> None:
+    """Create ``path`` and its missing parents with exactly ``mode``; tighten ``path`` if it exists (unless
+    ``tighten_existing`` is False: a folder the caller was handed, not one of its own)."""
     missing: list[Path] = []
     probe = path
     while not probe.exists():
@@ -36,7 +37,7 @@ def private_dir(path: Path, mode: int = 0o700) -> None:
         with contextlib.suppress(FileExistsError):  # another process (a second broker) made it first
             folder.mkdir(mode=mode)
         folder.chmod(mode)
-    if not missing:
+    if not missing and tighten_existing:
         tighten(path)
 
 

@@ -19,6 +19,7 @@ import pytest
 from jit_ssh.ca import Certificate
 
 from tests.integration.broker_fixture import (
+    POLICY,
     BrokerProcess,
     BrokerSite,
     SshReply,
@@ -34,6 +35,8 @@ PER_USER = 25  # alice's prod requests and carol's db requests: 50 in all
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[BrokerSite, list[BrokerProcess]]]:
     site = create_site(tmp_path_factory.mktemp("cluster"))
+    # 25 requests a user at once, all pending until approved: over the default cap of 10 (a test of its own).
+    (site.root / "policy.toml").write_text(POLICY + "\n[limits]\npending_per_user = 100\n", encoding="utf-8")
     with running_brokers(site, BROKERS) as brokers:
         yield site, brokers
 

@@ -53,3 +53,13 @@ def test_write_private_modes_and_exclusive(tmp_path: Path) -> None:
         write_private(target, b"three", exclusive=True)
     assert target.read_bytes() == b"two"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["key"]  # no temporary file left behind
+
+
+def test_a_folder_handed_in_is_not_tightened_when_asked_not_to(tmp_path: Path) -> None:
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    shared.chmod(0o1777)  # like /tmp: a recording written straight into it must not take it from others
+    private_dir(shared, 0o750, tighten_existing=False)
+    assert stat.S_IMODE(shared.stat().st_mode) == 0o1777
+    private_dir(shared / "day", 0o750, tighten_existing=False)
+    assert stat.S_IMODE((shared / "day").stat().st_mode) == 0o750
