@@ -70,7 +70,8 @@ class Recorder:
         first = bytearray(encode_header(head))
         for key, value in long_values.items():
             first += encode_frame(b"x", 0.0, json.dumps({"header": {key: value}}, ensure_ascii=False).encode())
-        return cls(RecordingFile.create(path, bytes(first)), start, limits or {"o": FULL, "e": FULL, "i": FULL})
+        file = RecordingFile.create(path, bytes(first), user=str(details.get("user") or ""))
+        return cls(file, start, limits or {"o": FULL, "e": FULL, "i": FULL})
 
     @property
     def size(self) -> int:
@@ -113,6 +114,7 @@ class Recorder:
         moment = time.time() - self._start
         code = _CODES[stream]
         view = memoryview(data)
+        self.file.claim(len(view) + 13 * (1 + len(view) // MAX_FRAME))  # before the caller relays it
         for offset in range(0, max(1, len(view)), MAX_FRAME):
             self._buffer += encode_frame(code, moment, view[offset : offset + MAX_FRAME])
             if len(self._buffer) >= _FLUSH_BYTES:
@@ -126,8 +128,7 @@ class Recorder:
         self._frame(b"x", json.dumps(dict(payload), ensure_ascii=False, default=str).encode())
 
     def _frame(self, code: bytes, payload: bytes) -> None:
-        if self.file.failed is not None:
-            raise self.file.failed
+        self.file.claim(len(payload) + 13)
         self._buffer += encode_frame(code, time.time() - self._start, payload)
 
     # -- life ------------------------------------------------------------------------------------

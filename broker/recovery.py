@@ -12,8 +12,10 @@ was down: that is said in the row, the audit event and a flag.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
+import os
 from pathlib import Path
 
 from jit_ssh.ca.audit import append_event
@@ -75,6 +77,8 @@ def _close(store: Store, session_id: str) -> None:
         try:
             size, digest, prefix = prefix_digest(path, row.checkpoint_size)
             ended = max(path.stat().st_mtime, row.started_at)
+            with contextlib.suppress(OSError):
+                os.truncate(path, size)  # gives back the space claimed beyond its end (broker/space.py)
         except OSError as exc:
             size, digest, prefix, ended = 0, "", None, row.started_at
             reason = f"{CUT_BY_RESTART}; recording unreadable: {exc.strerror}"

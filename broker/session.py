@@ -415,5 +415,9 @@ class ClientConnection(asyncssh.SSHServer):
         except JitSshError as exc:
             log.warning("recording %s could not be closed cleanly: %s", recorder.path, exc)
             size, digest = recorder.size, ""
+        failed = recorder.file.failed
+        if failed is not None and not str(summary.get("reason", "")).startswith("recording failed"):
+            # The last write failed after the session had ended: its row must not say it closed cleanly.
+            summary["reason"] = f"recording failed, the end of the session is missing: {failed.message}"
         await asyncio.to_thread(self.broker.session_ended, session_id, summary, size, digest)
         self.broker.index_later(session_id)

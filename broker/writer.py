@@ -30,6 +30,8 @@ import zstandard
 from jit_ssh.ca import JitSshError
 from jit_ssh.ca.files import private_dir
 
+from .space import Reservation
+
 __all__ = ["HIGH_WATER", "TOTAL_HIGH_WATER", "RecordingError", "RecordingFile"]
 
 #: zstd level 1: about as small as level 3 for terminal text and a third faster on this machine.
@@ -75,9 +77,11 @@ class RecordingFile:
         self._loop: asyncio.AbstractEventLoop | None = None
         with contextlib.suppress(RuntimeError):
             self._loop = asyncio.get_running_loop()
+        #: Space claimed ahead of what is written (broker/space.py).
+        self.space = Reservation(fd, 0)
 
     @classmethod
-    def create(cls, path: Path, first: bytes) -> RecordingFile:
+    def create(cls, path: Path, first: bytes, *, user: str = "") -> RecordingFile:
         """Create ``path`` 0640 in a 0750 directory and write ``first`` (compressed) before returning."""
         try:
             # The day's directories too (mkdir(parents=True) would leave them to the umask); a folder that is there
@@ -91,6 +95,8 @@ class RecordingFile:
             os.fchmod(fd, 0o640)  # whatever the umask
             file._write(compress(first))
             file.checkpoint = (file.size, file._digest.copy().hexdigest())
+            file.space = Reservation(fd, file.size, user)
+            file.space.initial()
         except OSError as exc:
             os.close(fd)
             path.unlink(missing_ok=True)  # a header cut short is no recording; no session ran
@@ -101,6 +107,16 @@ class RecordingFile:
         self._loop = loop
 
     # -- called on the event loop ------------------------------------------------------------------
+    def claim(self, size: int) -> None:
+        """Claim disk space for ``size`` more bytes before they are relayed; RecordingError if there is none."""
+        if self.failed is not None:
+            raise self.failed
+        try:
+            self.space.claim(size)
+        except OSError as exc:
+            # Not a failed file: what was claimed is written, the closing record too (kept for it).
+            raise RecordingError(f"no space for the session recording {self.path}: {exc.strerror}") from exc
+
     def write(self, blob: bytes | bytearray) -> None:
         """Queue ``blob`` (uncompressed) to be written; raises the first write error once it happened."""
         if self.failed is not None:
@@ -120,6 +136,7 @@ class RecordingFile:
             return future
         self.closing = True
         _writer.submit(self, bytes(last), close=True, future=future)
+        self.space.release()
         return future
 
     # -- called on the writer thread (or, for the first bytes, by create) --------------------------
@@ -142,6 +159,7 @@ class RecordingFile:
                 self._fail(RecordingError(f"cannot write the session recording {self.path}: {exc.strerror}"))
         if close:
             with contextlib.suppress(OSError):  # what was written stays; the digest covers exactly that
+                os.ftruncate(self._fd, self.size)  # gives back the space claimed beyond it
                 os.fsync(self._fd)
             os.close(self._fd)
             if future is not None:

@@ -71,14 +71,22 @@ def stack(recordings: Path) -> Iterator[LocalStack]:
 
 
 def _fill(stack: LocalStack, recordings: Path, request_id: int) -> None:
-    """Dave fills the disk: 8 MiB of random bytes on a session's input, recorded in full (and uncompressible)."""
+    """Dave fills the disk: 8 MiB of random bytes on a session's input, recorded in full (and uncompressible).
+
+    The broker stops him at the reserve it keeps free (broker/space.py): his session ends, for the space.
+    """
+    since = just_before()
     ssh = shlex.join([*ssh_argv(stack, "dave", request_id), "cat > /dev/null"])
     subprocess.run(["bash", "-c", f"head -c 8M /dev/urandom | {ssh}"], capture_output=True, timeout=120, check=False)
+    rows = wait_for(
+        lambda: [r for r in session_rows(stack, since=since) if r["user"] == "dave" and r["ended_at"]],
+        what="the flooding session's end",
+    )  # fmt: skip
+    assert "no space for the session recording" in rows[-1]["end_reason"], rows[-1]["end_reason"]
     stat = os.statvfs(recordings)
-    assert stat.f_bavail * stat.f_frsize < 64 * 1024, "the attack did not fill the disk"
+    assert stat.f_bavail * stat.f_frsize < 512 * 1024, "the attack did not fill the disk to its reserve"
 
 
-@pytest.mark.xfail(strict=True, reason="red team: no recording quota: one user's disk fill ends others' sessions")
 def test_one_user_filling_the_disk_does_not_end_anothers_session(stack: LocalStack, recordings: Path) -> None:
     victim = granted(stack)
     attacker = granted(stack, requester="dave", approver="bob")
@@ -93,7 +101,6 @@ def test_one_user_filling_the_disk_does_not_end_anothers_session(stack: LocalSta
         assert shell.wait(timeout=30) == 0, shell.text()[-300:]  # today: 255, "recording failed, session closed"
 
 
-@pytest.mark.xfail(strict=True, reason="red team: bytes are relayed before they are recorded; lost on a full disk")
 def test_input_sent_once_the_disk_is_full_is_recorded_or_never_reaches_the_host(
     stack: LocalStack, recordings: Path
 ) -> None:
