@@ -44,12 +44,17 @@ _COMMAND_PATTERNS: tuple[tuple[re.Pattern[str], str], ...] = (
 _OUTPUT_PATTERNS: tuple[tuple[re.Pattern[str], str], ...] = (
     (re.compile(r"^MOSH CONNECT \d+ "), "out-of-band server: mosh-server"),
 )
-#: Files whose change runs code at someone's next login, or lets someone in without the broker.
+#: Files whose change runs code at someone's next login or program start, or lets someone in.
 _SENSITIVE_PATH = re.compile(
-    r"(?:^|/)(?:\.bashrc|\.bash_profile|\.bash_login|\.profile|\.zshrc|\.zprofile|\.zshenv|\.kshrc|\.cshrc"
-    r"|\.tcshrc|\.pam_environment|authorized_keys2?|\.ssh/rc|\.ssh/environment|\.ssh/config"
-    r"|crontab|cron\.d/[^/]+|bash\.bashrc|profile\.d/[^/]+|environment|sshd_config(?:\.d/[^/]+)?"
-    r"|sudoers(?:\.d/[^/]+)?|ld\.so\.preload)$"
+    r"(?:^|/)(?:\.bashrc|\.bash_profile|\.bash_login|\.bash_logout|\.bash_aliases|\.profile|\.zshrc|\.zprofile"
+    r"|\.zshenv|\.zlogin|\.zlogout|\.kshrc|\.cshrc|\.tcshrc|\.login|\.logout|\.inputrc|\.pam_environment"
+    r"|authorized_keys2?|\.ssh/rc|\.ssh/environment|\.ssh/config|\.gitconfig|\.git/hooks/[^/]+|\.vimrc|\.exrc"
+    r"|\.config/systemd/user/[^/]+|\.config/autostart/[^/]+|\.config/fish/[^/]+|\.local/bin/[^/]+|bin/[^/]+"
+    r"|[^/]+\.pth|sitecustomize\.py|usercustomize\.py|crontab|crontabs/[^/]+|cron\.[a-z]+/[^/]+|anacrontab"
+    r"|bash\.bashrc|profile|profile\.d/[^/]+|environment|rc\.local|init\.d/[^/]+|systemd/system/[^/]+"
+    r"|passwd|shadow|group|gshadow|sudoers(?:\.d/[^/]+)?|pam\.d/[^/]+|security/[^/]+|ld\.so\.preload"
+    r"|ld\.so\.conf(?:\.d/[^/]+)?|sshd_config(?:\.d/[^/]+)?|hosts\.allow|nftables\.conf|iptables/[^/]+"
+    r"|modules-load\.d/[^/]+|udev/rules\.d/[^/]+|apt/apt\.conf\.d/[^/]+)$"
 )
 _MODIFYING_OPS = frozenset(
     {"write", "rename", "posix-rename", "hardlink", "symlink", "setstat", "fsetstat", "lsetstat", "copy-data",
@@ -68,13 +73,23 @@ def flags_in_output(line: str) -> list[str]:
     return [flag for pattern, flag in _OUTPUT_PATTERNS if pattern.search(line)]
 
 
-def flags_in_transfer(op: dict[str, object]) -> list[str]:
-    """Flags for one file operation (SFTP): a change to a file that runs code or lets someone in."""
+def flags_in_transfer(op: dict[str, object], links: dict[str, str] | None = None) -> list[str]:
+    """Flags for one file operation (SFTP): a change to a file that runs code or lets someone in.
+
+    ``links`` maps the symlinks made earlier in the session to their targets (it is kept up to date here):
+    writing through ``notes.txt -> ~/.bash_profile`` changes ``~/.bash_profile``.
+    """
     name = str(op.get("op", ""))
     if name not in _MODIFYING_OPS:
         return []
-    paths = [str(op[key]) for key in ("path", "to", "from") if isinstance(op.get(key), str)]
-    return [f"sensitive file changed over SFTP: {path[:200]}" for path in paths if _SENSITIVE_PATH.search(path)]
+    paths = [str(op[key]) for key in ("path", "to", "from", "target") if isinstance(op.get(key), str)]
+    if links is not None:
+        linked = name == "symlink" and isinstance(op.get("path"), str) and isinstance(op.get("target"), str)
+        if linked and len(links) < 10_000:
+            links[str(op["path"])] = str(op["target"])
+        paths += [links[path] for path in paths if path in links]
+    flagged = dict.fromkeys(path for path in paths if _SENSITIVE_PATH.search(path))
+    return [f"sensitive file changed over SFTP: {path[:200]}" for path in flagged]
 
 
 def merge(flags: list[str], new: Iterable[str]) -> None:

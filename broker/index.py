@@ -18,6 +18,7 @@ reached is a problem too.
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import os
 import re
@@ -112,6 +113,12 @@ class _Lines:
         self.pending[stream] = rest
         return self._add(lines)
 
+    def end(self, stream: str) -> list[str]:
+        """``stream`` is over: its last line without a line end counts too."""
+        rest = self.pending.pop(stream, "")
+        self.streams.pop(stream, None)
+        return [] if self.full else self._add([rest])
+
     def finish(self) -> list[str]:
         rests, self.pending = list(self.pending.values()), {}
         return [] if self.full else self._add(rests)
@@ -155,6 +162,7 @@ def index_recording(path: Path, *, kind: str, command: str | None, pty: bool) ->
         merge(index.flags, flags_in_command(command))
     header: dict[str, Any] = {}
     transfers = TransferList()
+    links: dict[str, str] = {}  # symlinks made over SFTP in this session, to their targets
     stopped = False
     try:
         header, frames, truncated = read_recording(path)
@@ -167,7 +175,7 @@ def index_recording(path: Path, *, kind: str, command: str | None, pty: bool) ->
                     if not pty:  # a terminal's keys are flagged by the lines they made (below)
                         merge(index.flags, flags_in_command(line))
             elif frame.code == "x":
-                _index_meta(index, transfers, frame)
+                _index_meta(index, transfers, links, typed, frame)
         index.truncated = truncated[0]
         for line in output.finish():
             merge(index.flags, flags_in_output(line))
@@ -219,7 +227,9 @@ def _why(exc: BaseException) -> str:
     return "memory" if isinstance(exc, MemoryError) else "CPU time"
 
 
-def _index_meta(index: RecordingIndex, transfers: TransferList, frame: Frame) -> None:
+def _index_meta(
+    index: RecordingIndex, transfers: TransferList, links: dict[str, str], typed: _Lines, frame: Frame
+) -> None:
     with contextlib.suppress(RecordingFormatError):
         meta = frame.json()
         if not isinstance(meta, dict):
@@ -227,7 +237,16 @@ def _index_meta(index: RecordingIndex, transfers: TransferList, frame: Frame) ->
         if isinstance(meta.get("sftp"), dict):
             op = meta["sftp"]
             transfers.add({"time": round(frame.time, 3), **op})
-            merge(index.flags, flags_in_transfer(op))
+            merge(index.flags, flags_in_transfer(op, links))
+        elif isinstance(meta.get("sftp_content"), dict):  # a file written over SFTP: searched like typed input
+            content = meta["sftp_content"]
+            with contextlib.suppress(ValueError, TypeError):
+                stream = f"sftp:{content.get('path')}"
+                for line in [
+                    *typed.feed(stream, base64.b64decode(content["base64"], validate=True)),
+                    *typed.end(stream),
+                ]:
+                    merge(index.flags, flags_in_command(line))
         elif isinstance(meta.get("end"), dict):
             index.end = meta["end"]
         elif isinstance(meta.get("env"), dict):

@@ -14,6 +14,7 @@ ready.
 from __future__ import annotations
 
 import asyncio
+import base64
 import logging
 import time
 from collections.abc import Callable, Mapping
@@ -229,7 +230,7 @@ class ProxySession(asyncssh.SSHServerSession[bytes]):
         self.recorder = recorder
         recorder.watch(on_failure=self._recording_failed, on_backlog=self._recording_backlog)
         if self.kind == "sftp":
-            self.sftp = SftpObserver(self._sftp_op)
+            self.sftp = SftpObserver(self._sftp_op, self._sftp_content)
 
     def _recording_failed(self, exc: RecordingError) -> None:
         if self.ending is None:
@@ -252,6 +253,11 @@ class ProxySession(asyncssh.SSHServerSession[bytes]):
 
     def _sftp_op(self, op: dict[str, Any]) -> None:
         self._record(lambda r: r.meta({"sftp": op}))
+
+    def _sftp_content(self, path: str, head: bytes, complete: bool) -> None:
+        """The first bytes of a file written over SFTP, kept in the recording (a script that runs later)."""
+        content = {"path": path, "base64": base64.b64encode(head).decode("ascii"), "complete": complete}
+        self._record(lambda r: r.meta({"sftp_content": content}))
 
     # -- data, both ways -------------------------------------------------------------------------
     def _record(self, action: Callable[[Recorder], None]) -> bool:

@@ -29,6 +29,10 @@ __all__ = ["SftpObserver"]
 _MAX_PENDING = 4096  # requests outstanding (OpenSSH's sftp and scp keep at most a few hundred)
 _MAX_PENDING_TEXT = 4 * 1024 * 1024  # characters of paths held for them
 _MAX_FILES = 1024  # handles open
+#: Bytes kept of each file written, and of all of a session's files: start-up files and scripts are small,
+#: and what a file that runs later says must be in the recording, not only its digest.
+CONTENT_PER_FILE = 64 * 1024
+CONTENT_PER_SESSION = 1024 * 1024
 
 # The requests OpenSSH's sftp-server answers, by name. It answers nothing else, so anything else is
 # refused here: a request never answered would leave a later reply with its id to the wrong request.
@@ -40,6 +44,25 @@ _REPLIES = frozenset({fx.FXP_STATUS, fx.FXP_HANDLE, fx.FXP_DATA, fx.FXP_NAME, fx
 _PATHS = {"posix-rename@openssh.com": ("from", "to"), "hardlink@openssh.com": ("from", "to"),
           "statvfs@openssh.com": ("path",), "expand-path@openssh.com": ("path",), "limits@openssh.com": ()}  # fmt: skip
 _ON_HANDLES = {"fsync@openssh.com", "fstatvfs@openssh.com"}
+
+
+class _Content(StreamTally):
+    """A written file's byte count and digest, and its first bytes within the session's budget."""
+
+    __slots__ = ("budget", "head")
+
+    def __init__(self, budget: list[int]) -> None:
+        super().__init__()
+        self.budget = budget
+        self.head = bytearray()
+
+    def add(self, data: bytes | memoryview) -> None:
+        super().add(data)
+        room = min(CONTENT_PER_FILE - len(self.head), self.budget[0])
+        if room > 0:
+            kept = data[:room]
+            self.head += kept
+            self.budget[0] -= len(kept)
 
 
 @dataclass(slots=True, eq=False)
@@ -98,8 +121,13 @@ class SftpObserver:
     ends the session, relaying nothing more, rather than leave operations unrecorded.
     """
 
-    def __init__(self, emit: Callable[[dict[str, Any]], None]) -> None:
+    def __init__(
+        self,
+        emit: Callable[[dict[str, Any]], None],
+        emit_content: Callable[[str, bytes, bool], None] | None = None,
+    ) -> None:
         self.emit = emit
+        self.emit_content = emit_content
         self.failed: str | None = None
         self._up = PacketStream(fx.FXP_WRITE, self._request_packet, self._write_head)
         self._down = PacketStream(fx.FXP_DATA, self._reply_packet, self._data_head)
@@ -108,6 +136,7 @@ class SftpObserver:
         self._pending_text = 0
         self._seq = itertools.count()
         self._files: dict[bytes, _Handle] = {}
+        self._content_budget = [CONTENT_PER_SESSION]
 
     def client_data(self, data: bytes) -> None:
         self._up.feed(data)
@@ -203,7 +232,8 @@ class SftpObserver:
             op["op"] = "write" if pflags & fx.FXF_MODIFYING else "read"
             op["flags"] = open_flag_names(pflags)
             reader.attrs(op)
-            return _Request("open", op, _Handle(op, append=bool(pflags & fx.FXF_APPEND)))
+            handle = _Handle(op, append=bool(pflags & fx.FXF_APPEND), written=_Content(self._content_budget))
+            return _Request("open", op, handle)
         if kind == fx.FXP_OPENDIR:
             op["op"], op["path"] = "list", reader.text()
             return _Request("opendir", op, _Handle(op))
@@ -339,6 +369,11 @@ class SftpObserver:
         if state.written.bytes or writing:
             more = {} if state.sequential else {"sequential": False}
             self.emit({"op": "write", "path": state.path, **state.written.summary(), **rest, **more})
+            head = state.written.head if isinstance(state.written, _Content) else b""
+            if head and self.emit_content is not None:
+                # The file's first bytes in the order written (all of a small file written in order).
+                complete = len(head) == state.written.bytes and state.sequential
+                self.emit_content(state.path, bytes(head), complete)
         if state.read.bytes or not writing:
             self.emit({"op": "read", "path": state.path, **state.read.summary(), **rest})
 

@@ -36,6 +36,7 @@ from jit_ssh.cli.stack import LocalStack
 from tests.e2e.stack_fixture import (
     cached_certificate,
     granted,
+    grep_ids,
     indexed,
     just_before,
     run_ssh,
@@ -93,7 +94,6 @@ def _user_site(home: Path) -> Path:
     return Path(found.stdout.strip())
 
 
-@pytest.mark.xfail(strict=True, reason="red team: SFTP-planted start-up code is not flagged")
 @pytest.mark.parametrize("way", ["symlink-to-bash-profile", "bash-logout", "python-pth"])
 def test_code_planted_over_sftp_is_flagged(stack: LocalStack, grant: int, tmp_path: Path, way: str) -> None:
     home = _home(stack)
@@ -119,3 +119,17 @@ def test_code_planted_over_sftp_is_flagged(stack: LocalStack, grant: int, tmp_pa
     assert ran.exists(), "the planted code did not run: the attack itself failed"
     rows = _sessions_ended(stack, since, 2)
     assert any(row["flags_json"] for row in rows), f"neither the SFTP session nor the {way} trigger is flagged"
+
+
+def test_a_small_file_written_over_sftp_is_in_the_recording_searched_and_flagged(
+    stack: LocalStack, grant: int, tmp_path: Path
+) -> None:
+    """The first 64 KiB of each file written over SFTP are kept: a script planted to run later can be read,
+    found by --grep, and flagged by what it says."""
+    script = tmp_path / "cleanup.sh"
+    script.write_text("#!/bin/sh\necho tidy\nnc -l 4444 -e /bin/sh  # planted-listener-marker\n", encoding="utf-8")
+    since = just_before()
+    _sftp(stack, grant, f"put {script} {_home(stack) / 'cleanup.sh'}\n", tmp_path)
+    [row] = _sessions_ended(stack, since, 1)
+    assert "listener: nc -l" in str(row["flags_json"])
+    assert row["id"] in grep_ids(stack, "planted-listener-marker")

@@ -553,3 +553,21 @@ def test_extended_attributes_that_cannot_fit_are_malformed() -> None:
     o = Observed()
     o.ask(packet(9, 1, s(b"/f") + U32.pack(0x80000000) + U32.pack(1000) + s(b"k") + s(b"v")))
     assert o.observer.failed is not None
+
+
+def test_the_first_bytes_of_each_file_written_are_kept_within_a_budget() -> None:
+    """A script written over SFTP runs later: its content (first 64 KiB a file, 1 MiB a session) is kept."""
+    kept: list[tuple[str, bytes, bool]] = []
+    observer = SftpObserver(lambda op: None, lambda path, head, complete: kept.append((path, head, complete)))
+    small, big = b"#!/bin/sh\nid\n", bytes(range(256)) * 1024  # 256 KiB
+    for index, (path, content) in enumerate((("/tmp/small.sh", small), ("/tmp/big.bin", big))):
+        handle = f"h{index}".encode()
+        observer.client_data(open_(10 + index * 10, path, write=True))
+        observer.server_data(handle_reply(10 + index * 10, handle))
+        for offset in range(0, len(content), 32768):
+            observer.client_data(write(11 + index * 10, handle, offset, content[offset : offset + 32768]))
+            observer.server_data(status(11 + index * 10))
+        observer.client_data(close(12 + index * 10, handle))
+        observer.server_data(status(12 + index * 10))
+    assert kept[0] == ("/tmp/small.sh", small, True)
+    assert kept[1] == ("/tmp/big.bin", big[: 64 * 1024], False)
