@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections import deque
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -86,23 +87,43 @@ class IndexQueue:
         self.isolator = isolator
         self._notify = notify
         self._run_db = run_db  # runs a blocking store call off the event loop: (function, *args) -> awaitable
-        self._queue: asyncio.Queue[str] = asyncio.Queue()
+        # Round robin by user: one user's backlog (a flood of recordings that each take the whole budget)
+        # delays another user's index by one job at most, not by all of it.
+        self._waiting: dict[str, deque[str]] = {}
+        self._turns: deque[str] = deque()
+        self._ready = asyncio.Semaphore(0)
         self._queued: set[str] = set()
         self._workers = [asyncio.get_running_loop().create_task(self._work()) for _ in range(workers)]
         self.idle = asyncio.Event()
         self.idle.set()
 
-    def submit(self, session_id: str) -> None:
-        if session_id not in self._queued:
-            self._queued.add(session_id)
-            self.idle.clear()
-            self._queue.put_nowait(session_id)
+    def submit(self, session_id: str, user: str) -> None:
+        if session_id in self._queued:
+            return
+        self._queued.add(session_id)
+        self.idle.clear()
+        if user not in self._waiting:
+            self._waiting[user] = deque()
+            self._turns.append(user)
+        self._waiting[user].append(session_id)
+        self._ready.release()
 
-    def unindexed(self, broker_id: str) -> list[str]:
-        """Sessions of this broker that ended without an index (the broker stopped first): in a thread."""
+    async def _next(self) -> str:
+        await self._ready.acquire()
+        user = self._turns.popleft()
+        waiting = self._waiting[user]
+        session_id = waiting.popleft()
+        if waiting:
+            self._turns.append(user)  # this user's next one after everybody else's next one
+        else:
+            del self._waiting[user]
+        return session_id
+
+    def unindexed(self, broker_id: str) -> list[tuple[str, str]]:
+        """Sessions (and users) of this broker that ended without an index (the broker stopped first)."""
         with self.store.transaction() as session:
             rows = session.exec(
-                select(RecordedSession.id).where(
+                select(RecordedSession.id, RecordedSession.user).where(
                     col(RecordedSession.ended_at).is_not(None),
                     col(RecordedSession.index_json).is_(None),
                     col(RecordedSession.index_error).is_(None),
@@ -110,7 +131,7 @@ class IndexQueue:
                     RecordedSession.broker_id == broker_id,
                 )
             ).all()
-        return list(rows)
+        return [(str(session_id), str(user)) for session_id, user in rows]
 
     async def stop(self) -> None:
         """Stop at once: running jobs are killed, their sessions are indexed when the broker starts again."""
@@ -121,7 +142,7 @@ class IndexQueue:
 
     async def _work(self) -> None:
         while True:
-            session_id = await self._queue.get()
+            session_id = await self._next()
             try:
                 await self._index(session_id)
             except asyncio.CancelledError:

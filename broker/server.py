@@ -227,13 +227,13 @@ class Broker:
         key, cert = await asyncio.to_thread(self._host_key)
         await asyncio.to_thread(self.publish_krl)
         # Before recording anything: close what this broker was recording when it last stopped.
-        orphans = await asyncio.to_thread(close_orphans, self.store, self.broker_id)
+        await asyncio.to_thread(close_orphans, self.store, self.broker_id)
         self.indexer = IndexQueue(
             self.store, self.isolator, workers=self.config.index_workers, notify=self.notifier.notify,
             run_db=asyncio.to_thread,
         )  # fmt: skip
-        for session_id in dict.fromkeys([*orphans, *await asyncio.to_thread(self.indexer.unindexed, self.broker_id)]):
-            self.indexer.submit(session_id)
+        for session_id, user in await asyncio.to_thread(self.indexer.unindexed, self.broker_id):
+            self.indexer.submit(session_id, user)  # the orphans closed above among them
         try:
             self._server = await asyncssh.create_server(
                 self._new_connection,
@@ -515,10 +515,10 @@ class Broker:
             )  # fmt: skip
         log.info("session %s ended: %s", session_id, json.dumps(summary, default=str))
 
-    def index_later(self, session_id: str) -> None:
+    def index_later(self, session_id: str, user: str) -> None:
         """Queue a closed session for its index (in a budgeted process of its own: broker/indexing.py)."""
         if self.indexer is not None:
-            self.indexer.submit(session_id)
+            self.indexer.submit(session_id, user)
 
     # -- refusals clients can cause in bulk ------------------------------------------------------
     def audit_refusal(

@@ -420,4 +420,4 @@ class ClientConnection(asyncssh.SSHServer):
             # The last write failed after the session had ended: its row must not say it closed cleanly.
             summary["reason"] = f"recording failed, the end of the session is missing: {failed.message}"
         await asyncio.to_thread(self.broker.session_ended, session_id, summary, size, digest)
-        self.broker.index_later(session_id)
+        self.broker.index_later(session_id, self.grant.user if self.grant is not None else "")

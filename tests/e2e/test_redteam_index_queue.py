@@ -39,7 +39,6 @@ pytestmark = pytest.mark.e2e
 _FLOOD = 4
 
 
-@pytest.mark.xfail(strict=True, reason="red team: the index queue is first in, first out for all users")
 def test_one_users_backlog_does_not_delay_anothers_index(tmp_path: Path) -> None:
     settings = {"index_cpu_budget": '"2s"', "index_workers": "1"}
     with started_stack(tmp_path / "site", users=("alice", "bob", "carol", "dave"), broker_settings=settings) as stack:
