@@ -216,12 +216,13 @@ def run_command(ctx: ControlContext, verb: str, args: Mapping[str, Any]) -> Any:
         require_reviewer(ctx, verb, args.get("id"))
         store = authority.store
         if verb == "sessions":
-            return list_sessions(
+            found, more = list_sessions(
                 store, user=args.get("user"), host=args.get("host"),
                 since=parse_since(args["since"]) if "since" in args else None, active=args.get("active", False),
                 request=args.get("request"), grep=args.get("grep"), grep_output=args.get("grep_output"),
                 flagged=args.get("flagged", False), limit=args.get("limit", 200),
             )  # fmt: skip
+            return {"sessions": found, "more": more}
         if verb == "session":
             return session_detail(store, args["id"])
         return verify_sessions(store, args.get("id"))

@@ -116,9 +116,12 @@ def list_sessions(
     grep_output: str | None = None,
     flagged: bool = False,
     limit: int = 200,
-) -> list[dict[str, Any]]:
+) -> tuple[list[dict[str, Any]], bool]:
     """Sessions, newest first, filtered; ``grep`` searches commands (run, typed, fed on stdin, passed in
-    the environment), ``grep_output`` what was printed; ``flagged`` keeps those that need review."""
+    the environment), ``grep_output`` what was printed; ``flagged`` keeps those that need review.
+
+    Returns them and whether more matched than ``limit`` (a listing cut short must say so: a reviewer's
+    queue of flagged sessions could otherwise be pushed out of sight by newer ones)."""
     command_re, output_re = _pattern(grep, "--grep"), _pattern(grep_output, "--grep-output")
     if not 0 < limit <= 10_000:
         raise InputError("limit must be from 1 to 10000")
@@ -138,7 +141,7 @@ def list_sessions(
         if flagged:
             statement = statement.where(col(RecordedSession.flags_json).is_not(None))
         searching = command_re is not None or output_re is not None
-        rows = list(session.exec(statement.limit(100_000 if searching else limit)))
+        rows = list(session.exec(statement.limit(100_000 if searching else limit + 1)))
         if active:
             rows = [r for r in rows if r.broker_id is None or r.broker_id in live_brokers]
         matches: dict[str, list[dict[str, Any]]] = {}
@@ -154,7 +157,7 @@ def list_sessions(
                 select(AccessRequest).where(col(AccessRequest.id).in_({row.request_id for row in rows}))
             )
         }
-    out = []
+    out: list[dict[str, Any]] = []
     for row in rows:
         if command_re is not None and row.id not in matches:
             typed = _lines_matching(input_lines_path(Path(row.recording_path)), command_re)
@@ -166,10 +169,10 @@ def list_sessions(
         item = _summary(row, requests.get(row.request_id), live_brokers)
         if row.id in matches:
             item["matched_commands"] = matches[row.id][:20]
-        out.append(item)
         if len(out) >= limit:
-            break
-    return out
+            return out, True
+        out.append(item)
+    return out, False
 
 
 def _lines_matching(path: Path, pattern: Any, *, most: int = 5) -> list[str]:

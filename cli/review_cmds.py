@@ -39,7 +39,7 @@ from rich.text import Text
 
 from .client import ControlClient, call, run_async
 from .files import write_stream_atomic
-from .output import console, emit_json, plain, printable
+from .output import console, emit_json, error_console, plain, printable
 from .player import TtyKeys, play, sanitize, schedule
 from .settings import Settings
 from .views import when
@@ -131,7 +131,7 @@ def sessions(
         return
     store = _local_store(config)
     if store is not None:
-        rows = list_sessions(
+        rows, more = list_sessions(
             store, user=user, host=host, since=parse_since(since) if since else None, active=active,
             request=request, grep=grep, grep_output=grep_output, flagged=flagged, limit=limit,
         )  # fmt: skip
@@ -141,11 +141,19 @@ def sessions(
                            ("grep", grep), ("grep_output", grep_output)):  # fmt: skip
             if value is not None:
                 args[key] = value
-        rows = call(Settings.load(), "sessions", args)
+        reply = call(Settings.load(), "sessions", args)
+        rows, more = reply["sessions"], bool(reply["more"])
     if as_json:
         emit_json(rows)
     else:
         _print_sessions(rows)
+    if more:
+        # Said on stdout for a person, on stderr beside JSON: a listing cut short must never look whole.
+        note = f"More sessions match than the {limit} shown (newest first): raise --limit or narrow with --since."
+        if as_json:
+            error_console.print(plain(note))
+        else:
+            console.print(plain(note), style="yellow")
 
 
 @sessions_app.command("show")
