@@ -177,6 +177,8 @@ def index_recording(path: Path, *, kind: str, command: str | None, pty: bool) ->
             elif frame.code == "x":
                 _index_meta(index, transfers, links, typed, frame)
         index.truncated = truncated[0]
+        if index.truncated:
+            index.problems.append("the recording ends in the middle of a frame (its broker stopped while writing)")
         for line in output.finish():
             merge(index.flags, flags_in_output(line))
         for line in typed.finish():

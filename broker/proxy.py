@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import logging
 import time
 from collections.abc import Callable, Mapping
@@ -398,8 +399,9 @@ class ProxySession(asyncssh.SSHServerSession[bytes]):
         if self.onward_chan is not None:
             self.onward_chan.close()
         if self.chan is not None:
-            self.chan.write((message + "\r\n" if self.term else message + "\n").encode(), _STDERR)
-            self.chan.exit(255)
+            with contextlib.suppress(OSError, asyncssh.Error):  # the client may have gone already
+                self.chan.write((message + "\r\n" if self.term else message + "\n").encode(), _STDERR)
+                self.chan.exit(255)
 
     def end(self, reason: str) -> None:
         """Cut the session off (expiry, revocation, recording failure); the host channel closes too."""
