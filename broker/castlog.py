@@ -35,6 +35,8 @@ from typing import IO, Any
 import zstandard
 from jit_ssh.ca import JitSshError
 
+from .zstdstream import ZstdStream
+
 __all__ = [
     "MAGIC",
     "MAGIC_V2",
@@ -171,38 +173,43 @@ class FrameParser:
 
 
 class _Source:
-    """The decompressed bytes of a recording file, read in chunks (zstd or, for version 1, as they are)."""
+    """The decompressed bytes of a recording file, read in chunks (zstd or, for version 1, as they are).
 
-    __slots__ = ("_decompressor", "_handle", "_sniffed")
+    A chunk is at most about 256 KiB however well the file compresses (broker/zstdstream.py).
+    """
+
+    __slots__ = ("_handle", "_pieces", "_sniffed", "_zstd")
 
     def __init__(self, handle: IO[bytes]) -> None:
         self._handle = handle
-        self._decompressor: Any = None
-        self._sniffed = b""
+        self._sniffed: bytes | None = b""  # None once the format is known
+        self._zstd: ZstdStream | None = None  # None: version 1, not compressed
+        self._pieces: Iterator[bytes] = iter(())
 
     def read(self) -> bytes:
         """The next chunk of the log; b"" at the current end of the file (which may still grow)."""
         while True:
+            try:
+                out = next(self._pieces, None)
+            except zstandard.ZstdError as exc:
+                raise RecordingFormatError(f"the recording does not decompress: {exc}") from exc
+            if out is not None:
+                if out:
+                    return out
+                continue
             raw = self._handle.read(_READ)
-            if self._decompressor is None:
+            if self._sniffed is not None:
                 self._sniffed += raw
                 if len(self._sniffed) < len(ZSTD_MAGIC):
                     if raw:
                         continue
                     return b""  # too short to tell yet (a file being written): try again later
-                raw, self._sniffed = self._sniffed, b""
+                raw, self._sniffed = self._sniffed, None
                 if raw.startswith(ZSTD_MAGIC):
-                    self._decompressor = zstandard.ZstdDecompressor().decompressobj(read_across_frames=True)
-                else:
-                    self._decompressor = False  # version 1: not compressed
-            if not raw or self._decompressor is False:
+                    self._zstd = ZstdStream()
+            if not raw or self._zstd is None:
                 return raw
-            try:
-                out: bytes = self._decompressor.decompress(raw)
-            except zstandard.ZstdError as exc:
-                raise RecordingFormatError(f"the recording does not decompress: {exc}") from exc
-            if out:
-                return out
+            self._pieces = self._zstd.decompress(raw)
 
 
 def _open(path: Path) -> IO[bytes]:
