@@ -186,6 +186,10 @@ class _Source:
         self._zstd: ZstdStream | None = None  # None: version 1, not compressed
         self._pieces: Iterator[bytes] = iter(())
 
+    def cut_short(self) -> bool:
+        """What was read so far ends inside a compressed frame."""
+        return self._zstd is not None and self._zstd.inside_frame()
+
     def read(self) -> bytes:
         """The next chunk of the log; b"" at the current end of the file (which may still grow)."""
         while True:
@@ -255,7 +259,7 @@ def read_recording(path: Path) -> tuple[dict[str, Any], Iterator[Frame], list[bo
             yield from early
             for chunk in _chunks(source, path):
                 yield from parser.feed(chunk)
-            truncated[0] = parser.pending()
+            truncated[0] = parser.pending() or source.cut_short()
 
     return parser.header, frames(), truncated
 

@@ -6,6 +6,9 @@ decompressor handed 256 KiB of it at once returned close to a gigabyte in one pi
 tool then held, and copied, whole. So the compressed stream is walked here, frame and block headers
 (RFC 8878, section 3.1), and handed to the decompressor in pieces that end where blocks end, each of which
 inflates to at most about :data:`CHUNK` bytes. The walk costs time in proportion to the compressed bytes.
+
+The walk also knows whether the stream ended inside a frame: a file cut short there is reported as cut
+even when what it gave ends exactly between two of the log's own frames (a flush cut in its checksum).
 """
 
 from __future__ import annotations
@@ -40,6 +43,10 @@ class ZstdStream:
         self._skip = 0  # bytes of a frame header, a block (and the frame's checksum), or a skippable frame
         self._bound = 0  # what the block being passed over inflates to at most
         self._checksum = 0
+
+    def inside_frame(self) -> bool:
+        """The bytes so far end inside a frame (at the end of a file: it was cut short)."""
+        return bool(self._skip or self._field or self._kind != "magic")
 
     def decompress(self, data: bytes) -> Iterator[bytes]:
         """The decompressed bytes of ``data`` (the stream's next bytes), in pieces of about CHUNK at most."""

@@ -353,6 +353,39 @@ def test_a_recording_cut_anywhere_reads_to_its_last_whole_frame(
         assert seen == (header, layout.expected(cut), cut not in boundaries, None), cut
 
 
+@FUZZ
+@given(
+    header=HEADERS,
+    frames=st.lists(GOOD_FRAMES, max_size=6),
+    flushes=st.lists(st.integers(0, 3000), max_size=4),
+    data=st.data(),
+)
+def test_a_compressed_recording_cut_anywhere_reads_what_it_holds(
+    workdir: Path, header: dict[str, Any], frames: list[Raw], flushes: list[int], data: st.DataObject
+) -> None:
+    """Flushes end between frames (as the broker writes them); the file is cut anywhere: a cut between two
+    flushes reads all frames before it, any other cut reads a prefix of the frames and says it was cut."""
+    layout = Layout.build(2, header, frames)
+    points = [layout.header_end, *layout.ends]
+    cuts = sorted({points[n % len(points)] for n in flushes} | {layout.header_end})
+    blob, flush_ends = compress(layout.log, cuts)
+    log_ends = [c for c in sorted({*cuts, len(layout.log)}) if c > 0]
+    everything = layout.expected(len(layout.log))
+    assert read_whole(_file(workdir, blob)) == (header, everything, False, None)
+    for cut in {*data.draw(st.lists(st.integers(0, len(blob)), max_size=20)), *flush_ends, len(blob) - 1}:
+        header_seen, seen, truncated, error = read_whole(_file(workdir, blob[:cut]))
+        if cut < flush_ends[0]:
+            continue  # the header's flush is incomplete: an error or, if zstd gave it early, a prefix
+        assert error is None, (cut, error)
+        assert header_seen == header
+        assert seen == everything[: len(seen)], cut
+        if cut in flush_ends:
+            assert seen == layout.expected(log_ends[flush_ends.index(cut)])
+            assert not truncated
+        else:
+            assert truncated, f"cut at {cut} of {len(blob)} bytes, inside a compressed flush, read as whole"
+
+
 # -- recordings as the broker writes them ----------------------------------------------------------------
 
 EVENTS = st.lists(
