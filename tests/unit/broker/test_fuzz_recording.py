@@ -462,6 +462,17 @@ def test_what_the_recorder_writes_reads_back_exactly(
     path.unlink()
 
 
+def test_a_recording_stays_readable_when_the_clock_steps_back(workdir: Path) -> None:
+    """The header's start came from the wall clock; NTP (or a resumed VM) may set it back a little later."""
+    path = workdir / "clock.cast"
+    ahead = time.time() + 5  # as if the clock stepped back 5 s after the session began
+    record(path, {"version": 2, "width": 80, "height": 24, "jit_ssh": {"started": ahead}}, [("data", "o", b"hi")])
+    _, frames, truncated, error = read_whole(path)
+    assert error is None, error
+    assert [code for code, *_ in frames] == ["o", "x"]
+    assert not truncated
+
+
 # -- memory: the reader streams ----------------------------------------------------------------------------
 
 
