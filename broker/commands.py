@@ -42,6 +42,7 @@ Approximated, by design:
 * Every line entered is reported, whatever read it: a shell, ``mysql``, an editor. A row continues
   onto the next when its last column is used or the cursor is further down; zero-width characters
   that do not combine are dropped. Vi mode and custom key bindings are not modelled in the keys.
+* A sequence pyte fails on is dropped, as a terminal ignores it.
 """
 
 from __future__ import annotations
@@ -92,6 +93,21 @@ def reconstruct_commands(frames: Iterable[Frame], *, width: int = 80, height: in
 
 
 # -- the screen --------------------------------------------------------------------------------------
+
+
+class _Stream(pyte.Stream):
+    """pyte's parser, made to drop a sequence it fails on instead of the rest of the output.
+
+    pyte raises on sequences no terminal sends (``ESC [ 5 J``: an erase of an unknown kind; a parameter
+    of 5,000 digits or of a superscript digit), resets its parser and gives up the chunk; a session that
+    printed four bytes made its commands unreadable. A terminal ignores such a sequence: so do we.
+    """
+
+    def _send_to_parser(self, data: str) -> bool | None:
+        try:
+            return super()._send_to_parser(data)
+        except Exception:  # noqa: BLE001 - any handler's failure on hostile input; pyte reset its parser
+            return True  # the reset parser takes plain text again
 
 
 class _Screen(pyte.Screen):
@@ -166,7 +182,7 @@ class _Tracker:
 
     def __init__(self, width: int, height: int) -> None:
         self.screen = _Screen(max(1, min(width, _MAX_COLUMNS)), max(1, min(height, _MAX_LINES)))
-        self.stream = pyte.Stream(self.screen)
+        self.stream = _Stream(self.screen)
         self.decoder, self.epoch = TextStream(), 0  # the epoch counts screen resets and resizes
         self.chunks: deque[bytes] = deque()
         self.buffered, self.overflow = 0, False  # bytes in chunks; whether older ones were dropped
