@@ -42,7 +42,9 @@ Approximated, by design:
 * Every line entered is reported, whatever read it: a shell, ``mysql``, an editor. A row continues
   onto the next when its last column is used or the cursor is further down; zero-width characters
   that do not combine are dropped. Vi mode and custom key bindings are not modelled in the keys.
-* A sequence pyte fails on is dropped, as a terminal ignores it.
+* Only characters are emulated, at a bounded cost per byte: reverse video is not, ``ESC # 8`` fills
+  each row with one shared E (a cell it filled may read E where a deletion or a wider screen would
+  leave it blank), and a sequence pyte fails on is dropped, as a terminal ignores it.
 """
 
 from __future__ import annotations
@@ -51,9 +53,12 @@ import re
 from collections import deque
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
+from typing import Any
 from unicodedata import combining
 
 import pyte
+import pyte.modes
+from pyte.screens import StaticDefaultDict
 from wcwidth import wcwidth
 
 from .castlog import Frame, TextStream
@@ -131,6 +136,50 @@ class _Screen(pyte.Screen):
 
     def cells(self, row: int, start: int, end: int) -> str:
         return "".join(self.buffer[row][x].data for x in range(start, end))
+
+    # pyte rewrites every cell it holds for some sequences of three to six bytes: on the largest screen,
+    # a second of CPU and 90 MB for each ``ESC # 8``, and 16 KiB of them before each key. Only characters
+    # are read here, so each of these costs a row at most, and a resize the cells it drops.
+    def alignment_display(self) -> None:
+        """``ESC # 8``: every row is one shared E in every cell."""
+        self.dirty.update(range(self.lines))
+        filled = self.default_char._replace(data="E")
+        for y in range(self.lines):
+            self.buffer[y] = StaticDefaultDict(filled)
+
+    def erase_in_display(self, how: int = 0, *args: Any, **kwargs: Any) -> None:
+        """Rows erased are dropped: they read blank. An unknown kind is ignored, as terminals do."""
+        if how not in (0, 1, 2, 3):
+            return
+        rows = {0: range(self.cursor.y + 1, self.lines), 1: range(self.cursor.y)}.get(how, range(self.lines))
+        self.dirty.update(rows)
+        for y in rows:
+            self.buffer.pop(y, None)
+        if how in (0, 1):
+            self.erase_in_line(how)
+
+    def set_mode(self, *modes: int, **kwargs: Any) -> None:
+        super().set_mode(*_characters_only(modes, kwargs), **kwargs)
+
+    def reset_mode(self, *modes: int, **kwargs: Any) -> None:
+        super().reset_mode(*_characters_only(modes, kwargs), **kwargs)
+
+    def resize(self, lines: int | None = None, columns: int | None = None) -> None:
+        """pyte drops the columns cut off one by one from every row, held or not: here the cells held."""
+        if columns and columns < self.columns:
+            for line in self.buffer.values():
+                for x in [x for x in line if x >= columns]:
+                    del line[x]
+            self.columns = columns
+            self.set_margins()
+        super().resize(lines, columns)
+
+
+def _characters_only(modes: tuple[int, ...], kwargs: dict[str, Any]) -> tuple[int, ...]:
+    """Modes without reverse video (DECSCNM), which rewrote every cell and changes no character."""
+    if not kwargs.get("private"):
+        return modes
+    return tuple(mode for mode in modes if mode << 5 != pyte.modes.DECSCNM)
 
 
 @dataclass(frozen=True, slots=True)

@@ -20,6 +20,7 @@ import struct
 import subprocess
 import termios
 import time
+import tracemalloc
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -702,3 +703,17 @@ def test_a_sequence_pyte_fails_on_is_dropped_and_the_line_still_read(sequence: b
     refuses), which stopped the reconstruction of every command in the session."""
     frames = [Frame("o", 0.0, sequence + b"$ "), Frame("i", 1.0, b"ls\r"), Frame("o", 1.1, b"ls\r\n")]
     assert reconstruct_commands(frames) == [TypedCommand(1.0, "ls", "screen")]
+
+
+def test_an_alignment_pattern_on_the_largest_screen_is_cheap() -> None:
+    """``ESC # 8`` fills the screen with E's: pyte made half a million characters for three bytes, a second
+    of CPU and 90 MB each, and the emulator takes 16 KiB of output (five thousand of them) before each key.
+    Now a row each (the fuzz test of the indexer bounds the time of this and of the other sequences)."""
+    frames = [Frame("r", 0.0, b"1000x500"), Frame("o", 0.1, b"$ " + b"\x1b#8" * 3), Frame("i", 0.2, b"ls\r")]
+    tracemalloc.start()
+    try:
+        reconstruct_commands(frames)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak <= 8 * 1024 * 1024
