@@ -197,9 +197,9 @@ def _reconstruct(index: RecordingIndex, path: Path, header: dict[str, Any]) -> b
     from .commands import reconstruct_commands  # noqa: PLC0415 - pyte loads only when a terminal is indexed
 
     found: list[tuple[float, str, str]] = []
+    width, height = _dimension(header.get("width"), 80), _dimension(header.get("height"), 24)
     try:
         _, frames, _ = read_recording(path)
-        width, height = int(header.get("width") or 80), int(header.get("height") or 24)
         for line in reconstruct_commands(frames, width=width, height=height):
             source = line.source if line.echo else f"{line.source}-noecho"
             found.append((line.time, line.command[:_MAX_COMMAND], source[:16]))
@@ -213,6 +213,14 @@ def _reconstruct(index: RecordingIndex, path: Path, header: dict[str, Any]) -> b
         index.commands.append((moment, text, source))
         merge(index.flags, flags_in_command(text))
     return True
+
+
+def _dimension(value: Any, default: int) -> int:
+    """A terminal's width or height from the header; the broker writes a number, a damaged header anything."""
+    try:
+        return int(value or default)
+    except (TypeError, ValueError, OverflowError):  # a list, "eighty", infinity: the emulator's default size
+        return default
 
 
 def _why(exc: BaseException) -> str:

@@ -1,10 +1,13 @@
-"""Indexing a recording for review: output without line ends is indexed in bounded pieces."""
+"""Indexing a recording for review: output without line ends is indexed in bounded pieces, and a damaged
+header or metadata record of any shape is indexed as well as it can be, never an exception."""
 
 from __future__ import annotations
 
 import time
 from pathlib import Path
+from typing import Any
 
+import pytest
 from jit_ssh.broker.index import _MAX_LINE, index_recording, lines_path
 from jit_ssh.broker.recorder import Recorder
 
@@ -21,3 +24,24 @@ def test_output_without_line_ends_is_indexed_in_bounded_lines(tmp_path: Path) ->
     assert "THE-END" in lines
     assert max(len(line) for line in lines) <= _MAX_LINE
     assert len(lines) > 1  # the long line was cut, not dropped or kept whole
+
+
+def _recording(path: Path, header: dict[str, Any], events: list[tuple[str, Any]]) -> Path:
+    recorder = Recorder.open(path, {"version": 2, "timestamp": time.time(), **header})
+    for stream, value in events:
+        if stream == "x":
+            recorder.meta(value)
+        else:
+            recorder.data(stream, value)
+    recorder.close()
+    return path
+
+
+@pytest.mark.parametrize("size", [[80], {"w": 80}, 1e400, "eighty", None], ids=repr)
+def test_a_header_size_of_the_wrong_type_is_indexed_at_a_default_size(tmp_path: Path, size: Any) -> None:
+    """A list or infinity as the width raised TypeError or OverflowError out of the index (the fuzz test
+    of the indexer found it); "eighty" lost the commands read off the screen."""
+    typed = [("o", b"$ "), ("i", b"echo hi\r"), ("o", b"echo hi\r\nhi\r\n$ ")]
+    path = _recording(tmp_path / "s.cast", {"width": size, "height": 24}, typed)
+    index = index_recording(path, kind="shell", command=None, pty=True)
+    assert ("echo hi", "screen") in [(text, source) for _, text, source in index.commands]
