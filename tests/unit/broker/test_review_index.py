@@ -45,3 +45,11 @@ def test_a_header_size_of_the_wrong_type_is_indexed_at_a_default_size(tmp_path: 
     path = _recording(tmp_path / "s.cast", {"width": size, "height": 24}, typed)
     index = index_recording(path, kind="shell", command=None, pty=True)
     assert ("echo hi", "screen") in [(text, source) for _, text, source in index.commands]
+
+
+def test_file_operations_of_any_shape_are_indexed(tmp_path: Path) -> None:
+    """A damaged sftp record whose op is a list made the review list raise (unhashable), losing the index."""
+    ops = [{"op": ["stat"], "path": "/a"}, {"op": {"k": 1}, "path": 5, "outcome": "ok"}, {"op": "remove", "path": "/b"}]
+    path = _recording(tmp_path / "s.cast", {}, [("x", {"sftp": op}) for op in ops])
+    index = index_recording(path, kind="sftp", command=None, pty=False)
+    assert [op["op"] for op in index.transfers] == [["stat"], {"k": 1}, "remove"]
