@@ -87,12 +87,7 @@ def reconstruct_commands(frames: Iterable[Frame], *, width: int = 80, height: in
     two entries with the same time); see the module docstring."""
     tracker = _Tracker(width, height)
     for frame in frames:
-        if frame.code in ("o", "e"):
-            tracker.output(frame.payload)
-        elif frame.code == "i":
-            tracker.keys(frame.time, frame.payload)
-        elif frame.code == "r":
-            tracker.resize(frame.payload)
+        tracker.take(frame)
     tracker.settle()
     return [command for line in tracker.lines for command in line.choose()]
 
@@ -247,6 +242,15 @@ class _Tracker:
         self.watch_tail, self.watch_left = b"", 0
         self.lines: list[_Line] = []
         self.printed = self.line_start = 0  # output bytes so far, and at the first key of the line being typed
+
+    def take(self, frame: Frame) -> None:
+        """One frame of the recording: output, keys or a resize (metadata says nothing about the screen)."""
+        if frame.code in ("o", "e"):
+            self.output(frame.payload)
+        elif frame.code == "i":
+            self.keys(frame.time, frame.payload)
+        elif frame.code == "r":
+            self.resize(frame.payload)
 
     # output
     def output(self, data: bytes) -> None:
