@@ -22,7 +22,7 @@ import contextlib
 import os
 import re
 from collections.abc import Iterable
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -65,7 +65,9 @@ class RecordingIndex:
     problems: list[str] = field(default_factory=list)
 
     def as_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        # Not dataclasses.asdict: it copies nested values by recursion, and a metadata frame nested 500
+        # deep (JSON allows about 1000) made it overflow the stack. The values are JSON types already.
+        return {name: getattr(self, name) for name in self.__dataclass_fields__}
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> RecordingIndex:

@@ -3,12 +3,13 @@ header or metadata record of any shape is indexed as well as it can be, never an
 
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 from typing import Any
 
 import pytest
-from jit_ssh.broker.index import _MAX_LINE, index_recording, lines_path
+from jit_ssh.broker.index import _MAX_LINE, index_recording, lines_path, run_index_job
 from jit_ssh.broker.recorder import Recorder
 
 
@@ -53,3 +54,13 @@ def test_file_operations_of_any_shape_are_indexed(tmp_path: Path) -> None:
     path = _recording(tmp_path / "s.cast", {}, [("x", {"sftp": op}) for op in ops])
     index = index_recording(path, kind="sftp", command=None, pty=False)
     assert [op["op"] for op in index.transfers] == [["stat"], {"k": 1}, "remove"]
+
+
+def test_metadata_nested_as_deep_as_json_goes_is_indexed(tmp_path: Path) -> None:
+    """dataclasses.asdict copies by recursion: a record nested 600 deep overflowed the stack in the
+    indexing process, and the session lost its whole index."""
+    deep = "[" * 600 + "]" * 600
+    path = _recording(tmp_path / "s.cast", {}, [("x", {"sftp": {"op": "stat", "x": json.loads(deep)}})])
+    job = run_index_job({"path": str(path), "kind": "sftp", "command": None, "pty": False})
+    assert set(job) == {"index"}
+    assert json.dumps(job["index"]["transfers"][0]["x"]) == deep
