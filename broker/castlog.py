@@ -35,6 +35,8 @@ from typing import IO, Any
 import zstandard
 from jit_ssh.ca import JitSshError
 
+from .zstdstream import ZstdStream
+
 __all__ = [
     "MAGIC",
     "MAGIC_V2",
@@ -61,9 +63,6 @@ _MAX_READ_FRAME = 16 * MAX_FRAME
 _MAX_HEADER = 16 * 1024 * 1024
 _CODES = frozenset("oeirx")
 _READ = 256 * 1024
-#: What one zstd frame (one flush of the writer: 256 KiB and a frame) may decompress to, and be, at most.
-_MAX_ZSTD_CONTENT = 16 * 1024 * 1024
-_MAX_ZSTD_FRAME = 32 * 1024 * 1024
 
 
 class RecordingFormatError(JitSshError):
@@ -173,108 +172,45 @@ class FrameParser:
 class _Source:
     """The decompressed bytes of a recording file, read in chunks (zstd or, for version 1, as they are).
 
-    A zstd recording is read one zstd frame at a time (the writer makes one per flush), each decompressed
-    within a bound its header declares: a recording that compresses 2,600 to 1 (zeros) must not turn a
-    read of a few hundred KiB into gigabytes (a decompression bomb for every review tool).
+    A chunk is at most about 256 KiB however well the file compresses (broker/zstdstream.py).
     """
 
-    __slots__ = ("_compressed", "_decompressor", "_handle", "_sniffed")
+    __slots__ = ("_handle", "_pieces", "_sniffed", "_zstd")
 
     def __init__(self, handle: IO[bytes]) -> None:
         self._handle = handle
-        self._decompressor: Any = None
-        self._sniffed = b""
-        self._compressed = bytearray()
+        self._sniffed: bytes | None = b""  # None once the format is known
+        self._zstd: ZstdStream | None = None  # None: version 1, not compressed
+        self._pieces: Iterator[bytes] = iter(())
 
-    def pending(self) -> bool:
-        """Bytes of an incomplete zstd frame are held (at the end of a file: it was cut short)."""
-        return bool(self._compressed)
+    def cut_short(self) -> bool:
+        """What was read so far ends inside a compressed frame."""
+        return self._zstd is not None and self._zstd.inside_frame()
 
     def read(self) -> bytes:
         """The next chunk of the log; b"" at the current end of the file (which may still grow)."""
         while True:
-            if self._decompressor not in (None, False):
-                out = self._next_frame()
+            try:
+                out = next(self._pieces, None)
+            except zstandard.ZstdError as exc:
+                raise RecordingFormatError(f"the recording does not decompress: {exc}") from exc
+            if out is not None:
                 if out:
                     return out
+                continue
             raw = self._handle.read(_READ)
-            if self._decompressor is None:
+            if self._sniffed is not None:
                 self._sniffed += raw
                 if len(self._sniffed) < len(ZSTD_MAGIC):
                     if raw:
                         continue
                     return b""  # too short to tell yet (a file being written): try again later
-                raw, self._sniffed = self._sniffed, b""
+                raw, self._sniffed = self._sniffed, None
                 if raw.startswith(ZSTD_MAGIC):
-                    self._decompressor = zstandard.ZstdDecompressor()
-                else:
-                    self._decompressor = False  # version 1: not compressed
-            if self._decompressor is False or not raw:
+                    self._zstd = ZstdStream()
+            if not raw or self._zstd is None:
                 return raw
-            self._compressed += raw
-            if len(self._compressed) > _MAX_ZSTD_FRAME:
-                raise RecordingFormatError(f"a zstd frame over {_MAX_ZSTD_FRAME} bytes: damaged recording")
-
-    def _next_frame(self) -> bytes:
-        """Decompress the next complete zstd frame held, if any (b"" when none is complete yet)."""
-        while True:
-            end, content = _zstd_frame(self._compressed)
-            if end is None:
-                return b""
-            frame = bytes(self._compressed[:end])
-            del self._compressed[:end]
-            if content == 0:
-                continue  # a skippable frame, or an empty one
-            try:
-                out: bytes = self._decompressor.decompress(frame, max_output_size=_MAX_ZSTD_CONTENT)
-            except zstandard.ZstdError as exc:
-                raise RecordingFormatError(f"the recording does not decompress: {exc}: damaged recording") from exc
-            if out:
-                return out
-
-
-def _zstd_frame(data: bytearray) -> tuple[int | None, int | None]:
-    """Where the zstd frame at the start of ``data`` ends (None: not complete yet), and its declared content
-    size (None if it declares none). Frames (RFC 8878 section 3.1) are walked block by block, without
-    decompressing; a frame that declares more than a recording's flush can hold is refused."""
-    if len(data) < 8:
-        return None, None
-    magic = int.from_bytes(data[:4], "little")
-    if 0x184D2A50 <= magic <= 0x184D2A5F:  # a skippable frame
-        end = 8 + int.from_bytes(data[4:8], "little")
-        return (end if end <= len(data) else None), 0
-    if data[:4] != ZSTD_MAGIC:
-        raise RecordingFormatError("not a zstd frame where one should start: damaged recording")
-    descriptor = data[4]
-    fcs_flag, single, reserved, checksum, dict_flag = (
-        descriptor >> 6, descriptor >> 5 & 1, descriptor >> 3 & 1, descriptor >> 2 & 1, descriptor & 3,
-    )  # fmt: skip
-    if reserved:
-        raise RecordingFormatError("a zstd frame header with its reserved bit set: damaged recording")
-    fcs_size = (single, 2, 4, 8)[fcs_flag]
-    start = 5 + (0 if single else 1) + (0, 1, 2, 4)[dict_flag]
-    pos = start + fcs_size
-    if len(data) < pos:
-        return None, None
-    content = None
-    if fcs_size:
-        content = int.from_bytes(data[start:pos], "little") + (256 if fcs_size == 2 else 0)
-        if content > _MAX_ZSTD_CONTENT:
-            raise RecordingFormatError(
-                f"a zstd frame of {content} bytes is over {_MAX_ZSTD_CONTENT}: damaged recording"
-            )
-    while True:
-        if len(data) < pos + 3:
-            return None, content
-        block = int.from_bytes(data[pos : pos + 3], "little")
-        kind, size = block >> 1 & 3, block >> 3
-        if kind == 3 or size > 128 * 1024:
-            raise RecordingFormatError("a zstd block of a reserved type or size: damaged recording")
-        pos += 3 + (1 if kind == 1 else size)
-        if block & 1:
-            break
-    pos += 4 if checksum else 0
-    return (pos if pos <= len(data) else None), content
+            self._pieces = self._zstd.decompress(raw)
 
 
 def _open(path: Path) -> IO[bytes]:
@@ -320,7 +256,7 @@ def read_recording(path: Path) -> tuple[dict[str, Any], Iterator[Frame], list[bo
             yield from early
             for chunk in _chunks(source, path):
                 yield from parser.feed(chunk)
-            truncated[0] = parser.pending() or source.pending()
+            truncated[0] = parser.pending() or source.cut_short()
 
     return parser.header, frames(), truncated
 

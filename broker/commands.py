@@ -42,6 +42,9 @@ Approximated, by design:
 * Every line entered is reported, whatever read it: a shell, ``mysql``, an editor. A row continues
   onto the next when its last column is used or the cursor is further down; zero-width characters
   that do not combine are dropped. Vi mode and custom key bindings are not modelled in the keys.
+* Only characters are emulated, at a bounded cost per byte: reverse video is not, ``ESC # 8`` fills
+  each row with one shared E (a cell it filled may read E where a deletion or a wider screen would
+  leave it blank), and a sequence pyte fails on is dropped, as a terminal ignores it.
 """
 
 from __future__ import annotations
@@ -50,9 +53,12 @@ import re
 from collections import deque
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
+from typing import Any
 from unicodedata import combining
 
 import pyte
+import pyte.modes
+from pyte.screens import StaticDefaultDict
 from wcwidth import wcwidth
 
 from .castlog import Frame, TextStream
@@ -84,17 +90,27 @@ def reconstruct_commands(frames: Iterable[Frame], *, width: int = 80, height: in
     two entries with the same time); see the module docstring."""
     tracker = _Tracker(width, height)
     for frame in frames:
-        if frame.code in ("o", "e"):
-            tracker.output(frame.payload)
-        elif frame.code == "i":
-            tracker.keys(frame.time, frame.payload)
-        elif frame.code == "r":
-            tracker.resize(frame.payload)
+        tracker.take(frame)
     tracker.settle()
     return [command for line in tracker.lines for command in line.choose()]
 
 
 # -- the screen --------------------------------------------------------------------------------------
+
+
+class _Stream(pyte.Stream):
+    """pyte's parser, made to drop a sequence it fails on instead of the rest of the output.
+
+    pyte raises on sequences no terminal sends (``ESC [ 5 J``: an erase of an unknown kind; a parameter
+    of 5,000 digits or of a superscript digit), resets its parser and gives up the chunk; a session that
+    printed four bytes made its commands unreadable. A terminal ignores such a sequence: so do we.
+    """
+
+    def _send_to_parser(self, data: str) -> bool | None:
+        try:
+            return super()._send_to_parser(data)
+        except Exception:  # noqa: BLE001 - any handler's failure on hostile input; pyte reset its parser
+            return True  # the reset parser takes plain text again
 
 
 class _Screen(pyte.Screen):
@@ -118,6 +134,50 @@ class _Screen(pyte.Screen):
 
     def cells(self, row: int, start: int, end: int) -> str:
         return "".join(self.buffer[row][x].data for x in range(start, end))
+
+    # pyte rewrites every cell it holds for some sequences of three to six bytes: on the largest screen,
+    # a second of CPU and 90 MB for each ``ESC # 8``, and 16 KiB of them before each key. Only characters
+    # are read here, so each of these costs a row at most, and a resize the cells it drops.
+    def alignment_display(self) -> None:
+        """``ESC # 8``: every row is one shared E in every cell."""
+        self.dirty.update(range(self.lines))
+        filled = self.default_char._replace(data="E")
+        for y in range(self.lines):
+            self.buffer[y] = StaticDefaultDict(filled)
+
+    def erase_in_display(self, how: int = 0, *args: Any, **kwargs: Any) -> None:
+        """Rows erased are dropped: they read blank. An unknown kind is ignored, as terminals do."""
+        if how not in (0, 1, 2, 3):
+            return
+        rows = {0: range(self.cursor.y + 1, self.lines), 1: range(self.cursor.y)}.get(how, range(self.lines))
+        self.dirty.update(rows)
+        for y in rows:
+            self.buffer.pop(y, None)
+        if how in (0, 1):
+            self.erase_in_line(how)
+
+    def set_mode(self, *modes: int, **kwargs: Any) -> None:
+        super().set_mode(*_characters_only(modes, kwargs), **kwargs)
+
+    def reset_mode(self, *modes: int, **kwargs: Any) -> None:
+        super().reset_mode(*_characters_only(modes, kwargs), **kwargs)
+
+    def resize(self, lines: int | None = None, columns: int | None = None) -> None:
+        """pyte drops the columns cut off one by one from every row, held or not: here the cells held."""
+        if columns and columns < self.columns:
+            for line in self.buffer.values():
+                for x in [x for x in line if x >= columns]:
+                    del line[x]
+            self.columns = columns
+            self.set_margins()
+        super().resize(lines, columns)
+
+
+def _characters_only(modes: tuple[int, ...], kwargs: dict[str, Any]) -> tuple[int, ...]:
+    """Modes without reverse video (DECSCNM), which rewrote every cell and changes no character."""
+    if not kwargs.get("private"):
+        return modes
+    return tuple(mode for mode in modes if mode << 5 != pyte.modes.DECSCNM)
 
 
 @dataclass(frozen=True, slots=True)
@@ -169,7 +229,7 @@ class _Tracker:
 
     def __init__(self, width: int, height: int) -> None:
         self.screen = _Screen(max(1, min(width, _MAX_COLUMNS)), max(1, min(height, _MAX_LINES)))
-        self.stream = pyte.Stream(self.screen)
+        self.stream = _Stream(self.screen)
         self.decoder, self.epoch = TextStream(), 0  # the epoch counts screen resets and resizes
         self.chunks: deque[bytes] = deque()
         self.buffered, self.overflow = 0, False  # bytes in chunks; whether older ones were dropped
@@ -185,6 +245,15 @@ class _Tracker:
         self.watch_tail, self.watch_left = b"", 0
         self.lines: list[_Line] = []
         self.printed = self.line_start = 0  # output bytes so far, and at the first key of the line being typed
+
+    def take(self, frame: Frame) -> None:
+        """One frame of the recording: output, keys or a resize (metadata says nothing about the screen)."""
+        if frame.code in ("o", "e"):
+            self.output(frame.payload)
+        elif frame.code == "i":
+            self.keys(frame.time, frame.payload)
+        elif frame.code == "r":
+            self.resize(frame.payload)
 
     # output
     def output(self, data: bytes) -> None:

@@ -122,6 +122,10 @@ def parse_arguments(verb: str, raw: bytes) -> dict[str, Any]:
         raise InputError("arguments are not valid JSON: nested too deeply or a number too long") from exc
     if not isinstance(args, dict):
         raise InputError("arguments must be one JSON object")
+    try:  # JSON's \ud800 is a string Python holds but no database, pattern or file name takes
+        json.dumps(args, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise InputError("arguments are not valid text: a string holds a lone surrogate (\\ud800 to \\udfff)") from exc
     spec = _SPECS[verb]
     for key, value in args.items():
         if key not in spec:

@@ -23,7 +23,7 @@ import contextlib
 import os
 import re
 from collections.abc import Iterable
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -66,7 +66,9 @@ class RecordingIndex:
     problems: list[str] = field(default_factory=list)
 
     def as_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        # Not dataclasses.asdict: it copies nested values by recursion, and a metadata frame nested 500
+        # deep (JSON allows about 1000) made it overflow the stack. The values are JSON types already.
+        return {name: getattr(self, name) for name in self.__dataclass_fields__}
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> RecordingIndex:
@@ -207,9 +209,9 @@ def _reconstruct(index: RecordingIndex, path: Path, header: dict[str, Any]) -> b
     from .commands import reconstruct_commands  # noqa: PLC0415 - pyte loads only when a terminal is indexed
 
     found: list[tuple[float, str, str]] = []
+    width, height = _dimension(header.get("width"), 80), _dimension(header.get("height"), 24)
     try:
         _, frames, _ = read_recording(path)
-        width, height = int(header.get("width") or 80), int(header.get("height") or 24)
         for line in reconstruct_commands(frames, width=width, height=height):
             source = line.source if line.echo else f"{line.source}-noecho"
             found.append((line.time, line.command[:_MAX_COMMAND], source[:16]))
@@ -223,6 +225,14 @@ def _reconstruct(index: RecordingIndex, path: Path, header: dict[str, Any]) -> b
         index.commands.append((moment, text, source))
         merge(index.flags, flags_in_command(text))
     return True
+
+
+def _dimension(value: Any, default: int) -> int:
+    """A terminal's width or height from the header; the broker writes a number, a damaged header anything."""
+    try:
+        return int(value or default)
+    except (TypeError, ValueError, OverflowError):  # a list, "eighty", infinity: the emulator's default size
+        return default
 
 
 def _why(exc: BaseException) -> str:

@@ -42,8 +42,12 @@ _GRACE = 5  # CPU seconds between the soft limit (keep what you have) and the ha
 _PRELOAD = ["jit_ssh.broker.index", "jit_ssh.broker.commands"]
 
 
-class BudgetExceeded(Exception):
-    """Raised in a job's process when its CPU-time budget is spent."""
+class BudgetExceeded(BaseException):
+    """Raised in a job's process when its CPU-time budget is spent.
+
+    A BaseException, as KeyboardInterrupt is: code that guards against hostile input with ``except
+    Exception`` (the terminal emulator's handlers) must not swallow the budget's end.
+    """
 
 
 class IsolatedJobError(JitSshError):

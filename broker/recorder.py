@@ -43,7 +43,9 @@ class Recorder:
     def __init__(self, file: RecordingFile, start: float, limits: Mapping[str, int | None]) -> None:
         self.file = file
         self.path = file.path
-        self._start = start
+        # Frame times run on the monotonic clock from the header's start: the wall clock set back during a
+        # session (NTP, a resumed VM) gave frames negative times, which no reader accepts.
+        self._start = time.monotonic() - max(0.0, time.time() - start)
         self._buffer = bytearray()
         self.limits = dict(limits)
         self._captured = {"o": 0, "e": 0, "i": 0}
@@ -111,7 +113,7 @@ class Recorder:
             if len(data) > room:
                 data = data[:room]
             self._captured[stream] += len(data)
-        moment = time.time() - self._start
+        moment = time.monotonic() - self._start
         code = _CODES[stream]
         view = memoryview(data)
         self.file.claim(len(view) + 13 * (1 + len(view) // MAX_FRAME))  # before the caller relays it
@@ -129,7 +131,7 @@ class Recorder:
 
     def _frame(self, code: bytes, payload: bytes) -> None:
         self.file.claim(len(payload) + 13)
-        self._buffer += encode_frame(code, time.time() - self._start, payload)
+        self._buffer += encode_frame(code, time.monotonic() - self._start, payload)
 
     # -- life ------------------------------------------------------------------------------------
     def flush(self) -> None:
@@ -155,7 +157,7 @@ class Recorder:
                 end["capture_limit"] = max(capped.values())
                 end["capped"] = sorted(capped)
             closing = json.dumps({"end": end}, ensure_ascii=False, default=str).encode()
-            last = self._buffer + encode_frame(b"x", time.time() - self._start, closing)
+            last = self._buffer + encode_frame(b"x", time.monotonic() - self._start, closing)
         self._buffer = bytearray()
         return self.file.close(last)
 

@@ -125,6 +125,8 @@ def list_sessions(
     command_re, output_re = _pattern(grep, "--grep"), _pattern(grep_output, "--grep-output")
     if not 0 < limit <= 10_000:
         raise InputError("limit must be from 1 to 10000")
+    if request is not None and not 0 < request < 2**63:  # a larger one overflows the database's column
+        raise InputError(f"request: expected a request id (a positive number), found {str(request)[:24]}")
     live_brokers = alive(store)
     with store.read() as session:
         statement = select(RecordedSession).order_by(col(RecordedSession.started_at).desc())

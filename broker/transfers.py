@@ -27,7 +27,8 @@ class TransferList:
         self._lookups: list[tuple[int, dict[str, Any]]] = []
 
     def add(self, op: dict[str, Any]) -> None:
-        looked = op.get("op") in LOOKUPS and op.get("outcome") == "ok"
+        name = op.get("op")
+        looked = isinstance(name, str) and name in LOOKUPS and op.get("outcome") == "ok"  # a damaged one: a list
         bucket = self._lookups if looked else self._others
         if len(bucket) < self.limit:
             bucket.append((self.total, op))

@@ -20,6 +20,7 @@ import struct
 import subprocess
 import termios
 import time
+import tracemalloc
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -690,3 +691,29 @@ def test_keys_read_the_same_however_input_events_split_them(typed_keys: str, cut
     whole = reconstruct_commands(keys(data))
     split = reconstruct_commands(keys(*pieces))
     assert lines_of(split) == lines_of(whole)
+
+
+@pytest.mark.parametrize(
+    "sequence",
+    [b"\x1b[5J", b"\x1b[3K", b"\x1b[1;2@", b"\x1b[?1@", "\x1b[\u00b2m".encode(), b"\x1b[" + b"9" * 5000 + b"m"],
+    ids=["erase-display-5", "erase-line-3", "insert-two-params", "insert-private", "superscript-digit", "long-number"],
+)
+def test_a_sequence_pyte_fails_on_is_dropped_and_the_line_still_read(sequence: bytes) -> None:
+    """pyte raised on these (an unknown erase, a parameter its handler does not take, a digit ``int``
+    refuses), which stopped the reconstruction of every command in the session."""
+    frames = [Frame("o", 0.0, sequence + b"$ "), Frame("i", 1.0, b"ls\r"), Frame("o", 1.1, b"ls\r\n")]
+    assert reconstruct_commands(frames) == [TypedCommand(1.0, "ls", "screen")]
+
+
+def test_an_alignment_pattern_on_the_largest_screen_is_cheap() -> None:
+    """``ESC # 8`` fills the screen with E's: pyte made half a million characters for three bytes, a second
+    of CPU and 90 MB each, and the emulator takes 16 KiB of output (five thousand of them) before each key.
+    Now a row each (the fuzz test of the indexer bounds the time of this and of the other sequences)."""
+    frames = [Frame("r", 0.0, b"1000x500"), Frame("o", 0.1, b"$ " + b"\x1b#8" * 3), Frame("i", 0.2, b"ls\r")]
+    tracemalloc.start()
+    try:
+        reconstruct_commands(frames)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak <= 8 * 1024 * 1024
