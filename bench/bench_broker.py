@@ -762,8 +762,11 @@ recording and the session's row, indexing the recording for review):
 
 Paths: direct is `ssh` to the host's `sshd` with an access-CA user certificate (as the broker's own
 hop presents); ProxyJump goes through a second `sshd` (`ssh -J`, which records nothing); broker is
-`jit-ssh serve` at its default recording settings (exec and SFTP content captured up to 1 MiB per
-direction, then counted and SHA-256 hashed; a pty recorded byte for byte). Every hop uses `{r.cipher}`
+`jit-ssh serve` at its default recording settings (everything sent to the host recorded in full, so
+the exec upload's 1 GiB of zeros is in its recording, compressed; output without a terminal captured
+up to 1 MiB, then counted and SHA-256 hashed; SFTP as operations, with the first 64 KiB of each file
+written; a pty recorded byte for byte; bench/bench_recording.py measures uploads that do not compress).
+Every hop uses `{r.cipher}`
 (clients ask only for it and both `sshd` offer only it, so the broker's asyncssh hop negotiates it
 too) and curve25519-sha256 (asyncssh has no sntrup761). The hosts' sessions run with a clean HOME.
 scp is OpenSSH's, over SFTP, to and from `/dev/null` and a sparse file. Figures are wall-clock times
