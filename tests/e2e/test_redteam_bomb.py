@@ -84,7 +84,8 @@ def test_streaming_a_highly_compressible_recording_holds_bounded_memory(stack: L
     # A reviewer's export stream, read by the real OpenSSH client (the control face); a few lines are enough:
     # the broker reads (and decompresses) the recording before it sends the first.
     argv = [
-        "ssh", "-F", "none", "-o", f"UserKnownHostsFile={stack.known_hosts}", "-o", "BatchMode=yes",
+        "ssh", "-F", "none", "-o", f"UserKnownHostsFile={stack.known_hosts}", "-o", "GlobalKnownHostsFile=/dev/null",
+        "-o", "StrictHostKeyChecking=yes", "-o", "BatchMode=yes",
         "-o", "IdentitiesOnly=yes", "-o", "IdentityAgent=none", "-i", str(stack.identity("bob")),
         "-p", str(stack.port), "bob@127.0.0.1", "export " + json.dumps({"id": bomb, "purpose": "export"}),
     ]  # fmt: skip
