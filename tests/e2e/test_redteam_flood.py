@@ -66,14 +66,14 @@ async def _connect(stack: LocalStack, request_id: int | None) -> asyncssh.SSHCli
     if request_id is None:
         key = asyncssh.read_private_key(str(stack.identity("carol")))
         return await asyncssh.connect(
-            "127.0.0.1", stack.port, username="carol", client_keys=[key], known_hosts=None, config=None,
-            agent_path=None,
+            "127.0.0.1", stack.port, username="carol", client_keys=[key], known_hosts=str(stack.known_hosts),
+            config=None, agent_path=None,
         )  # fmt: skip
     key = asyncssh.read_private_key(str(stack.identity("alice")))
     cert = asyncssh.read_certificate(str(cached_certificate(stack, "alice", request_id)))
     return await asyncssh.connect(
         "127.0.0.1", stack.port, username=f"{stack.login}@{stack.host_names[0]}", client_keys=[(key, cert)],
-        known_hosts=None, config=None, agent_path=None,
+        known_hosts=str(stack.known_hosts), config=None, agent_path=None,
     )  # fmt: skip
 
 
