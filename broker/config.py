@@ -49,6 +49,7 @@ _BROKER_KEYS = frozenset(
         "index_workers",
         "index_cpu_budget",
         "index_memory",
+        "sessions_per_user",
     }
 )
 
@@ -104,6 +105,9 @@ class BrokerConfig:
     index_cpu_budget: int = 120
     #: Bytes of memory one index process may use.
     index_memory: int = 1024 * 1024 * 1024
+    #: Session channels one user may have live or starting at once, over all their connections and grants
+    #: (so that one user's flood of channels cannot crowd out everyone else's work).
+    sessions_per_user: int = 32
 
     @property
     def store_url(self) -> str:
@@ -217,6 +221,9 @@ class BrokerConfig:
         memory = table.get("index_memory", 1024)
         if type(memory) is not int or not 256 <= memory <= 1024 * 1024:
             raise ConfigError(f"{where}: [broker] index_memory: expected MiB, from 256 to 1048576")
+        per_user = table.get("sessions_per_user", 32)
+        if type(per_user) is not int or not 1 <= per_user <= 100_000:
+            raise ConfigError(f"{where}: [broker] sessions_per_user: expected a number from 1 to 100000")
         level = text("log_level", "INFO").upper()
         if level not in ("DEBUG", "INFO", "WARNING", "ERROR"):
             raise ConfigError(f"{where}: [broker] log_level: expected DEBUG, INFO, WARNING or ERROR, found {level!r}")
@@ -245,4 +252,5 @@ class BrokerConfig:
             index_workers=workers,
             index_cpu_budget=int(cpu_budget.total_seconds()),
             index_memory=memory * 1024 * 1024,
+            sessions_per_user=per_user,
         )

@@ -76,8 +76,6 @@ REFUSAL_BURST = 60
 REFUSAL_PER_SOURCE = 30
 #: Channels one client connection may have open or opening at once (sshd's own MaxSessions is 10).
 MAX_CHANNELS_PER_CONNECTION = 10
-#: Sessions one user may have live or starting at once, over all their connections and grants.
-MAX_SESSIONS_PER_USER = 32
 #: Control commands one user may have running at once (more wait their turn); and streams (export, watch:
 #: they may last as long as a session, so more are refused).
 MAX_COMMANDS_PER_USER = 4
@@ -557,7 +555,7 @@ class Broker:
     # -- what one user may hold at once ---------------------------------------------------------
     def take_slot(self, kind: str, user: str) -> bool:
         """Take one of ``user``'s slots of ``kind`` (``session`` or ``stream``); False if all are taken."""
-        most = MAX_SESSIONS_PER_USER if kind == "session" else MAX_STREAMS_PER_USER
+        most = self.config.sessions_per_user if kind == "session" else MAX_STREAMS_PER_USER
         held = self._slots.get((kind, user), 0)
         if held >= most:
             return False

@@ -181,7 +181,7 @@ class ClientConnection(asyncssh.SSHServer):
 
     def session_requested(self) -> asyncssh.SSHServerSession[bytes] | bool:
         """A new channel: refused before any other work beyond what one connection and one user may hold."""
-        from .server import MAX_CHANNELS_PER_CONNECTION, MAX_SESSIONS_PER_USER  # noqa: PLC0415 - a cycle otherwise
+        from .server import MAX_CHANNELS_PER_CONNECTION  # noqa: PLC0415 - a cycle otherwise
 
         if self.grant is None and self.user is None:
             return False
@@ -189,7 +189,7 @@ class ClientConnection(asyncssh.SSHServer):
             self._refuse_channel(f"at most {MAX_CHANNELS_PER_CONNECTION} channels at once on one connection")
         if self.grant is not None:
             if not self.broker.take_slot("session", self.grant.user):
-                self._refuse_channel(f"at most {MAX_SESSIONS_PER_USER} sessions of one user at once")
+                self._refuse_channel(f"at most {self.broker.config.sessions_per_user} sessions of one user at once")
             session: asyncssh.SSHServerSession[bytes] = ProxySession(self)
         else:
             session = self.broker.control_session(str(self.user), lambda: self.channel_closed(None))

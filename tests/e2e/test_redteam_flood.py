@@ -159,3 +159,40 @@ def test_a_revocation_takes_effect_during_a_channel_flood(stack: LocalStack, who
         finally:
             flood.stopping.set()
             flood.join(timeout=120)
+
+
+def test_the_per_user_session_cap_holds_over_connections_and_is_configurable(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> None:
+    """``sessions_per_user`` bounds one user's live sessions over all their connections: the next channel is
+    refused with the reason, and a place freed by an ended session is free again."""
+    site = tmp_path_factory.mktemp("cap") / "site"
+    with started_stack(site, users=("alice", "bob"), broker_settings={"sessions_per_user": "2"}) as st:
+        request_id = granted(st)
+
+        async def attempt() -> None:
+            first, second, third = [await _connect(st, request_id) for _ in range(3)]
+            try:
+                held = [await first.create_process("cat"), await second.create_process("cat")]
+                with pytest.raises(asyncssh.ChannelOpenError, match="at most 2 sessions of one user"):
+                    await second.create_process("cat")
+                with pytest.raises(asyncssh.ChannelOpenError, match="at most 2 sessions of one user"):
+                    await third.create_process("cat")
+                held[0].stdin.write_eof()
+                await held[0].wait(timeout=30)
+                for _ in range(50):  # the broker gives the place back when the channel has closed
+                    try:
+                        again = await second.run("echo again", check=True, timeout=30)
+                        break
+                    except asyncssh.ChannelOpenError:
+                        await asyncio.sleep(0.1)
+                else:
+                    pytest.fail("the ended session's place was never given back")
+                assert again.stdout == "again\n"
+                held[1].stdin.write_eof()
+                await held[1].wait(timeout=30)
+            finally:
+                for conn in (first, second, third):
+                    conn.close()
+
+        asyncio.run(attempt())

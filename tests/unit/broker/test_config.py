@@ -16,11 +16,18 @@ def test_the_example_config_loads() -> None:
     config = BrokerConfig.load(EXAMPLE)
     assert (config.index_workers, config.index_cpu_budget, config.index_memory) == (1, 120, 1024 * 1024 * 1024)
     assert config.env_allow == frozenset()
+    assert config.sessions_per_user == 32
 
 
 def test_the_defaults_without_a_file() -> None:
     config = BrokerConfig.from_mapping({}, path=None)
     assert config.index_workers == 1
+    assert config.sessions_per_user == 32
+
+
+def test_sessions_per_user_can_be_raised_for_automation() -> None:
+    config = BrokerConfig.from_mapping({"broker": {"sessions_per_user": 2000}}, path=None)
+    assert config.sessions_per_user == 2000
     assert config.env_allow == frozenset()
 
 
@@ -47,6 +54,10 @@ def test_allowed_environment_names() -> None:
         ({"index_cpu_budget": 60}, "index_cpu_budget"),
         ({"index_memory": 100}, "index_memory"),
         ({"index_memory": "1GiB"}, "index_memory"),
+        ({"sessions_per_user": 0}, "sessions_per_user"),
+        ({"sessions_per_user": 100_001}, "sessions_per_user"),
+        ({"sessions_per_user": "64"}, "sessions_per_user"),
+        ({"sessions_per_user": True}, "sessions_per_user"),
     ],
 )
 def test_bad_values_are_refused_naming_the_key(table: dict[str, Any], needle: str) -> None:
