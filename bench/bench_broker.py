@@ -792,8 +792,8 @@ connection's set-up packets at once (TCP_QUICKACK, broker/tcp.py) on both of its
 connection to the host as soon as the client has authenticated. Direct pty output on this VM has two
 speeds, about 60 and about 145 MiB/s, each steady for a while ({pty_lo["direct"]:,.0f} to
 {pty_hi["direct"]:,.0f} MiB/s in this run; the kernel's pty work runs in kworker threads and no process
-is CPU-bound), the broker's does not ({pty_lo["broker"]:,.0f} to {pty_hi["broker"]:,.0f} MiB/s), so the
-pty ratio depends on which speed a run catches.
+is CPU-bound), and the broker's varies too ({pty_lo["broker"]:,.0f} to {pty_hi["broker"]:,.0f} MiB/s), so the
+pty ratio depends on which speeds a run catches.
 
 - Machine: {machine()}
 - Measured: {datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")}, in {elapsed:.0f} s

@@ -207,7 +207,9 @@ def unindexed(site: Site, since: float) -> int:
 
 
 def index_processes(broker_pid: int) -> float:
-    """CPU seconds of the broker's descendants other than itself (the forkserver and index jobs)."""
+    """CPU seconds of the broker's descendants other than itself (the forkserver and index jobs), with those of
+    the jobs that have ended: a parent that reaps a child gains its time (cutime, cstime), so the sum only grows
+    while the forkserver lives."""
     total = 0.0
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
@@ -216,7 +218,7 @@ def index_processes(broker_pid: int) -> float:
             fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
             pid, ppid = int(entry.name), int(fields[1])
             if pid != broker_pid and _descends(pid, broker_pid, ppid):
-                total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+                total += sum(int(f) for f in fields[11:15]) / os.sysconf("SC_CLK_TCK")
     return total
 
 
