@@ -778,7 +778,7 @@ machine's {os.cpu_count()} cores on loopback; {r.busy_before:.1f} cores were bus
 began, and the broker was restarted {r.restarts} time(s) because it did not go idle after a session.
 
 Reading the figures: the broker's CPU column is its whole process, the event loop and the thread that
-computes SHA-256 of bulk content beside it (broker/digest.py), so it may pass 100 %. Relayed data takes
+computes SHA-256 of bulk content beside it (broker/recording/digest.py), so it may pass 100 %. Relayed data takes
 the broker's packet fast path (broker/fastpath.py: AES-GCM, no SSH_MSG_IGNORE before every packet, no
 copies of asyncssh's input buffer); in profiles of the event loop during a download, socket sends and
 receives are the largest part, then AES-GCM and the per-packet Python. ProxyJump uploads run at

@@ -16,9 +16,9 @@ from typing import TYPE_CHECKING, Any
 import asyncssh
 from jit_ssh.ca import InputError, JitSshError
 
-from .asciicast import AsciicastWriter, CastFormat
-from .castlog import follow_frames
 from .control import MAX_ARGUMENTS, STREAM_VERBS, error_reply, parse_arguments
+from .recording.asciicast import AsciicastWriter, CastFormat
+from .recording.format import follow_frames
 
 if TYPE_CHECKING:
     from .server import Broker

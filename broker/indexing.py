@@ -1,6 +1,6 @@
 """The broker's side of indexing: which sessions to index, the jobs in their budgeted processes, the results.
 
-A closed session is queued; a worker runs its index (broker/index.py) in a process of its own
+A closed session is queued; a worker runs its index (broker/recording/index.py) in a process of its own
 (broker/isolate.py) and writes the result to the store. What goes wrong is loud (DESIGN.md, invariant 5):
 a recording that cannot be read or indexed gets ``index_error`` on its row, a ``session.index_failed``
 audit event, a flag and a webhook; an index that stopped over its budget or reached a cap says so in its
@@ -23,14 +23,14 @@ from jit_ssh.ca.audit import append_event
 from jit_ssh.ca.store import RecordedSession, SessionCommand, Store, dumps, loads
 from sqlmodel import col, select
 
-from .flags import merge
-from .index import RecordingIndex
 from .isolate import Isolator
+from .recording.flags import merge
+from .recording.index import RecordingIndex
 
 __all__ = ["IndexQueue", "save_index"]
 
 log = logging.getLogger("jit_ssh.broker.indexing")
-_TARGET = "jit_ssh.broker.index:run_index_job"
+_TARGET = "jit_ssh.broker.recording.index:run_index_job"
 
 
 def save_index(store: Store, session_id: str, index: RecordingIndex | None, error: str | None = None) -> list[str]:

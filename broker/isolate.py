@@ -39,7 +39,7 @@ from jit_ssh.ca import JitSshError
 __all__ = ["Budget", "BudgetExceeded", "IsolatedJobError", "Isolator"]
 
 _GRACE = 5  # CPU seconds between the soft limit (keep what you have) and the hard one (killed)
-_PRELOAD = ["jit_ssh.broker.index", "jit_ssh.broker.commands"]
+_PRELOAD = ["jit_ssh.broker.recording.index", "jit_ssh.broker.recording.typed_commands"]
 
 
 class BudgetExceeded(BaseException):

@@ -25,7 +25,7 @@ import asyncssh
 from asyncssh.connection import SSHConnection
 
 from . import fastpath
-from .recorder import Recorder, RecordingError
+from .recording.recorder import Recorder, RecordingError
 from .sftp import SftpObserver
 
 if TYPE_CHECKING:

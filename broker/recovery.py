@@ -22,7 +22,7 @@ from jit_ssh.ca.audit import append_event
 from jit_ssh.ca.store import RecordedSession, Store, dumps, loads
 from sqlmodel import col, select
 
-from .flags import merge
+from .recording.flags import merge
 
 __all__ = ["CUT_BY_RESTART", "close_orphans", "prefix_digest"]
 

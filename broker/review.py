@@ -1,4 +1,4 @@
-"""Reviewing recorded sessions: the queries over the index written when a session closes (broker/index.py).
+"""Reviewing recorded sessions: the queries over the index written when a session closes (broker/recording/index.py).
 
 Listing and searching read only the store and the index's text files, never the recordings, so they stay
 fast however much a session printed.
@@ -28,7 +28,7 @@ from jit_ssh.ca.validate import parse_duration
 from sqlmodel import Session, col, select
 
 from .enforcer import alive
-from .index import input_lines_path, lines_path
+from .recording.index import input_lines_path, lines_path
 from .recovery import prefix_digest
 
 __all__ = [

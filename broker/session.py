@@ -24,7 +24,7 @@ import asyncssh
 from jit_ssh.ca import AccessDenied, Certificate, CertificateError, InputError, JitSshError, PublicKey
 
 from .proxy import Onward, ProxySession, allowed_env
-from .recorder import FULL, Recorder
+from .recording.recorder import FULL, Recorder
 from .refusals import source_of
 from .tcp import quick_acks
 

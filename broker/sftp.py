@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from . import sftp_wire as fx
-from .digest import StreamTally
+from .recording.digest import StreamTally
 from .sftp_wire import PacketStream, Reader, open_flag_names
 
 __all__ = ["SftpObserver"]

@@ -10,7 +10,7 @@ import struct
 from collections.abc import Callable
 from typing import Any
 
-from .digest import StreamTally
+from .recording.digest import StreamTally
 
 __all__ = ["PacketStream", "Reader", "open_flag_names", "status_outcome"]
 

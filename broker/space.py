@@ -1,6 +1,6 @@
 """Disk space for recordings, claimed before the bytes that need it are relayed (invariants 5 and 6).
 
-Recordings are written behind the relay (broker/writer.py): a write that fails for lack of space would end
+Recordings are written behind the relay (broker/recording/writer.py): a write that fails for lack of space would end
 a session only after the host had the bytes that could not be recorded. So each recording claims space
 ahead of what it will write: allocated beyond the end of its file (``fallocate`` with ``KEEP_SIZE``: the
 file's size does not change, its next writes cannot fail for space), before the bytes are relayed. When

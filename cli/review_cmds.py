@@ -17,9 +17,10 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from jit_ssh.broker.asciicast import AsciicastWriter, CastFormat
-from jit_ssh.broker.castlog import follow_frames
 from jit_ssh.broker.config import BrokerConfig
+from jit_ssh.broker.recording.asciicast import AsciicastWriter, CastFormat
+from jit_ssh.broker.recording.format import follow_frames
+from jit_ssh.broker.recording.transfers import describe as describe_transfer
 from jit_ssh.broker.review import (
     list_sessions,
     parse_since,
@@ -30,7 +31,6 @@ from jit_ssh.broker.review import (
     set_hold,
     verify_sessions,
 )
-from jit_ssh.broker.transfers import describe as describe_transfer
 from jit_ssh.ca import InputError, JitSshError
 from jit_ssh.ca.store import Store
 from jit_ssh.ca.validate import parse_duration

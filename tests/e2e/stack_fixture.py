@@ -25,8 +25,8 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from jit_ssh.broker.asciicast import to_asciicast
-from jit_ssh.broker.castlog import Frame, read_recording
+from jit_ssh.broker.recording.asciicast import to_asciicast
+from jit_ssh.broker.recording.format import Frame, read_recording
 from jit_ssh.ca import Certificate, PublicKey, Signer, mint_user_certificate
 from jit_ssh.cli.stack import LocalStack
 

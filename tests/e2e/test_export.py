@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from jit_ssh.broker.castlog import MAGIC, encode_frame
+from jit_ssh.broker.recording.format import MAGIC, encode_frame
 from jit_ssh.cli.stack import LocalStack
 
 from tests.e2e.asciicast_rules import CastError, check_v2, check_v3

@@ -8,7 +8,7 @@ Once it is full, the broker does what invariant 5 says (a recording that cannot 
 session), for everyone: any other session that prints or types a byte is closed, and new sessions are
 refused, until an admin makes room, while the session that filled it ends with nothing worse.
 
-The broker relays a chunk to the host first and writes the recording behind it (broker/writer.py: up to a
+The broker relays a chunk to the host first and writes the recording behind it (broker/recording/writer.py: up to a
 second or 8 MiB behind), so a write that fails ends the session only after the host has what it could not
 record: with the disk full, keys typed in a session that was already open run on the host and are in no
 recording (seen: the command ran; the session ended "recording failed" with its last input lost).
@@ -38,7 +38,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from jit_ssh.broker.castlog import RecordingFormatError, read_recording
+from jit_ssh.broker.recording.format import RecordingFormatError, read_recording
 from jit_ssh.cli.stack import LocalStack
 
 from tests.e2e.stack_fixture import granted, just_before, live_shell, session_rows, ssh_argv, started_stack, wait_for

@@ -2,7 +2,7 @@
 
 SFTP is the one stream the broker records as operations (path, size, SHA-256) instead of content, so a
 file written over SFTP is a way to get text to an interpreter on the host without it being in any
-recording. broker/flags.py answers that by flagging changes to files that run code at the next login
+recording. broker/recording/flags.py answers that by flagging changes to files that run code at the next login
 (``.bashrc``, ``.profile``, ``authorized_keys``, cron, ...). Two ways around it, each demonstrated here with
 the planted code seen to run and neither session flagged:
 

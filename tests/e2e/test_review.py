@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from jit_ssh.broker.castlog import read_recording
+from jit_ssh.broker.recording.format import read_recording
 from jit_ssh.cli.player import sanitize, schedule
 from jit_ssh.cli.stack import DEFAULT_POLICY, LocalStack
 

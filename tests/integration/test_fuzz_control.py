@@ -26,11 +26,11 @@ from typing import Any
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from jit_ssh.broker.asciicast import AsciicastWriter
-from jit_ssh.broker.castlog import follow_frames
 from jit_ssh.broker.config import BrokerConfig
 from jit_ssh.broker.control import _SPECS, HOST_GROUP, STREAM_VERBS, VERBS, dispatch, parse_arguments
-from jit_ssh.broker.recorder import Recorder
+from jit_ssh.broker.recording.asciicast import AsciicastWriter
+from jit_ssh.broker.recording.format import follow_frames
+from jit_ssh.broker.recording.recorder import Recorder
 from jit_ssh.broker.server import Broker
 from jit_ssh.ca import JitSshError
 from jit_ssh.ca.inventory import add_user

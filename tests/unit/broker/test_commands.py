@@ -27,8 +27,8 @@ from pathlib import Path
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from jit_ssh.broker.castlog import MAGIC, Frame, encode_frame, read_recording
-from jit_ssh.broker.commands import TypedCommand, reconstruct_commands
+from jit_ssh.broker.recording.format import MAGIC, Frame, encode_frame, read_recording
+from jit_ssh.broker.recording.typed_commands import TypedCommand, reconstruct_commands
 
 BS, UP, LEFT, RIGHT, TAB, ENTER = b"\x7f", b"\x1b[A", b"\x1b[D", b"\x1b[C", b"\t", b"\r"
 CTRL_A, CTRL_C, CTRL_E, CTRL_K, CTRL_U, CTRL_W, CTRL_Y = b"\x01", b"\x03", b"\x05", b"\x0b", b"\x15", b"\x17", b"\x19"

@@ -8,8 +8,8 @@ import os
 import random
 
 import pytest
-from jit_ssh.broker import digest as digest_module
-from jit_ssh.broker.digest import BATCH, StreamDigest
+from jit_ssh.broker.recording import digest as digest_module
+from jit_ssh.broker.recording.digest import BATCH, StreamDigest
 
 
 def _chunks(seed: int, total: int) -> list[bytes]:

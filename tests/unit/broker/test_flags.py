@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from jit_ssh.broker.flags import MAX_FLAGS, flags_in_command, flags_in_output, flags_in_transfer, merge
+from jit_ssh.broker.recording.flags import MAX_FLAGS, flags_in_command, flags_in_output, flags_in_transfer, merge
 
 
 @pytest.mark.parametrize(

@@ -8,7 +8,7 @@ recording on disk:
 
 * nothing but :class:`RecordingFormatError` comes out (``run_index_job``: an ``{"error": ...}``, never an
   exception), and the index files are written;
-* the emulated screen stays within the bounds broker/commands.py sets, whatever size was asked for;
+* the emulated screen stays within the bounds broker/recording/typed_commands.py sets, whatever size was asked for;
 * the work is bounded per byte: hypothesis's deadline holds for every example (a few KiB each, with
   resizes to the largest screen), and memory stays within the largest screen and a multiple of the input.
 """
@@ -25,10 +25,10 @@ from typing import Any
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from jit_ssh.broker import commands
-from jit_ssh.broker.castlog import Frame, RecordingFormatError, encode_frame
-from jit_ssh.broker.index import index_recording, input_lines_path, lines_path, run_index_job
-from jit_ssh.broker.writer import compress
+from jit_ssh.broker.recording import typed_commands as commands
+from jit_ssh.broker.recording.format import Frame, RecordingFormatError, encode_frame
+from jit_ssh.broker.recording.index import index_recording, input_lines_path, lines_path, run_index_job
+from jit_ssh.broker.recording.writer import compress
 
 from tests.unit.broker.test_fuzz_recording import JSON, header_bytes, peak_memory
 

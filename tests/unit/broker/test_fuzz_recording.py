@@ -33,8 +33,8 @@ import pytest
 import zstandard
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from jit_ssh.broker.asciicast import to_asciicast
-from jit_ssh.broker.castlog import (
+from jit_ssh.broker.recording.asciicast import to_asciicast
+from jit_ssh.broker.recording.format import (
     MAGIC,
     MAGIC_V2,
     MAX_FRAME,
@@ -43,7 +43,7 @@ from jit_ssh.broker.castlog import (
     follow_frames,
     read_recording,
 )
-from jit_ssh.broker.recorder import Recorder
+from jit_ssh.broker.recording.recorder import Recorder
 
 _FRAME = struct.Struct(">cdI")
 _U32 = struct.Struct(">I")

@@ -1,6 +1,6 @@
 """Red team: a recording that compresses too well is a decompression bomb for every reader.
 
-The broker writes one zstd frame per flush (broker/writer.py), and ``_Source.read`` hands each chunk of
+The broker writes one zstd frame per flush (broker/recording/writer.py), and ``_Source.read`` hands each chunk of
 256 KiB of the *compressed* file to a decompressor with no bound on its output. Input of zeros (``head -c
 1G /dev/zero | ssh HOST 'cat > /dev/null'``, recorded in full as invariant 5 asks) compresses about
 2,600 to 1: 1 GiB made a 400 KB recording, and one read of it gave back 500 MB at once. Seen on a running
@@ -17,8 +17,8 @@ from __future__ import annotations
 import tracemalloc
 from pathlib import Path
 
-from jit_ssh.broker.castlog import read_recording
-from jit_ssh.broker.recorder import FULL, Recorder
+from jit_ssh.broker.recording.format import read_recording
+from jit_ssh.broker.recording.recorder import FULL, Recorder
 
 _ZEROS = 128 * 1024 * 1024
 #: More than the largest frame a reader must hold (16 MiB), far less than the input.

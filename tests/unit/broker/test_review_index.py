@@ -9,8 +9,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from jit_ssh.broker.index import _MAX_LINE, index_recording, lines_path, run_index_job
-from jit_ssh.broker.recorder import Recorder
+from jit_ssh.broker.recording.index import _MAX_LINE, index_recording, lines_path, run_index_job
+from jit_ssh.broker.recording.recorder import Recorder
 
 
 def test_output_without_line_ends_is_indexed_in_bounded_lines(tmp_path: Path) -> None:

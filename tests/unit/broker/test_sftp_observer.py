@@ -19,8 +19,8 @@ from typing import Any
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from jit_ssh.broker.recording.transfers import TransferList, describe
 from jit_ssh.broker.sftp import SftpObserver
-from jit_ssh.broker.transfers import TransferList, describe
 
 U32 = struct.Struct(">I")
 

@@ -8,8 +8,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from jit_ssh.broker.recording.writer import RecordingError, RecordingFile
 from jit_ssh.broker.space import CLOSING, NoSpace, Reservation, light_limit, reserve_floor
-from jit_ssh.broker.writer import RecordingError, RecordingFile
 
 MIB = 1024 * 1024
 

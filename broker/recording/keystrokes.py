@@ -4,7 +4,7 @@ Text inserts at the cursor; Backspace, Delete and Ctrl-D delete; Ctrl-A/E/B/F, H
 Alt-B/F and Ctrl-arrows move; Ctrl-U/K/W, Alt-D and Alt-Backspace kill and Ctrl-Y yanks the last kill;
 Ctrl-C abandons the line; Enter ends it; bracketed pastes insert literally. History (up/down,
 Ctrl-P/N/R), Tab and keys the model does not know make the line *unreliable*: the shell changed it in
-a way the keys do not show (broker/commands.py then reads it off the screen). Vi mode and custom key
+a way the keys do not show (broker/recording/typed_commands.py then reads it off the screen). Vi mode and custom key
 bindings are not modelled. Every edit is a string operation on a line of at most 16 Ki characters,
 and a session's editing work is bounded, so hostile input costs time in proportion to its size.
 """

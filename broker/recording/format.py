@@ -11,7 +11,7 @@ and 140 MiB/s of text on this machine (BENCHMARKS.md). So the broker writes a fr
 
 Codes: ``o`` stdout, ``e`` stderr, ``i`` input (raw bytes); ``r`` resize and ``x`` metadata (JSON).
 On disk the log is compressed: a sequence of zstd frames with checksums, one per flush
-(broker/writer.py), so a recording of full input capture stays cheap and a file cut short by a crash
+(broker/recording/writer.py), so a recording of full input capture stays cheap and a file cut short by a crash
 decompresses up to its last complete flush. Version 1 (``JITSSH-REC1\\n``, a header line, no compression)
 is still read.
 
@@ -172,7 +172,7 @@ class FrameParser:
 class _Source:
     """The decompressed bytes of a recording file, read in chunks (zstd or, for version 1, as they are).
 
-    A chunk is at most about 256 KiB however well the file compresses (broker/zstdstream.py).
+    A chunk is at most about 256 KiB however well the file compresses (broker/recording/zstdstream.py).
     """
 
     __slots__ = ("_handle", "_pieces", "_sniffed", "_zstd")

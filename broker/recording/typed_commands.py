@@ -2,7 +2,7 @@
 
 Two readings are combined at each press of Enter:
 
-* **keys**: the input replayed through a model of readline's line editing (broker/keystrokes.py), which
+* **keys**: the input replayed through a model of readline's line editing (broker/recording/keystrokes.py), which
   says when the line is *unreliable*: history, Tab and unknown keys change it in ways keys do not show.
 * **screen**: the line as the shell displayed it, read off a pyte terminal emulator fed the output:
   from where typing began on the prompt line (the prompt ends there) to the end of the line, across
@@ -61,7 +61,7 @@ import pyte.modes
 from pyte.screens import StaticDefaultDict
 from wcwidth import wcwidth
 
-from .castlog import Frame, TextStream
+from .format import Frame, TextStream
 from .keystrokes import LineEditor, key_tokens, printable
 
 __all__ = ["TypedCommand", "reconstruct_commands"]

@@ -30,7 +30,7 @@ import zstandard
 from jit_ssh.ca import JitSshError
 from jit_ssh.ca.files import private_dir
 
-from .space import Reservation
+from ..space import Reservation
 
 __all__ = ["HIGH_WATER", "TOTAL_HIGH_WATER", "RecordingError", "RecordingFile"]
 

@@ -1,14 +1,14 @@
 """The index of a recording, written when its session closes: what review searches and shows.
 
 * ``session_commands`` (the store): the exec command in full, each environment value that reached the
-  host (``NAME=value``), and the lines typed at a terminal as broker/commands.py reconstructs them (from
+  host (``NAME=value``), and the lines typed at a terminal as broker/recording/typed_commands.py reconstructs them (from
   the screen, and from the keys when they differ or echo was off), so ``--grep`` finds a command however
   it was run;
 * ``<recording>.input``: the distinct lines of input, for ``--grep`` too: a script fed to ``ssh -T`` or to
   ``bash`` on stdin is commands as surely as typed keys are;
 * ``<recording>.lines``: the distinct lines of output, for ``--grep-output``;
 * ``sessions.index_json``: file transfers, totals and what the index could not cover; ``flags_json``:
-  what a reviewer should look at (broker/flags.py).
+  what a reviewer should look at (broker/recording/flags.py).
 
 Indexing reads user data of any size and shape, so it runs apart from the broker in a process of its own
 with a CPU-time and memory budget (broker/isolate.py). Over the budget it keeps what it has and says so
@@ -27,9 +27,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .castlog import Frame, RecordingFormatError, TextStream, read_recording
+from ..isolate import BudgetExceeded
 from .flags import flags_in_command, flags_in_output, flags_in_transfer, merge
-from .isolate import BudgetExceeded
+from .format import Frame, RecordingFormatError, TextStream, read_recording
 from .transfers import TransferList
 
 __all__ = [
@@ -206,7 +206,7 @@ def index_recording(path: Path, *, kind: str, command: str | None, pty: bool) ->
 
 
 def _reconstruct(index: RecordingIndex, path: Path, header: dict[str, Any]) -> bool:
-    from .commands import reconstruct_commands  # noqa: PLC0415 - pyte loads only when a terminal is indexed
+    from .typed_commands import reconstruct_commands  # noqa: PLC0415 - pyte loads only when a terminal is indexed
 
     found: list[tuple[float, str, str]] = []
     width, height = _dimension(header.get("width"), 80), _dimension(header.get("height"), 24)

@@ -3,10 +3,10 @@
 Everything that can reach an interpreter on the host is recorded in full (invariant 5): terminal
 sessions both ways, and the input of every shell and exec without a terminal, however large (a script
 fed to ``ssh -T host``, or to ``bash``, is input like any other). Only what cannot: the output of a
-session without a terminal, and the content of recognised file transfers (broker/transfers.py), may be
+session without a terminal, and the content of recognised file transfers (broker/recording/transfers.py), may be
 *capped*: kept up to a limit per direction and beyond it only counted and hashed (SHA-256), so a 10 GB
 copy does not make a 10 GB recording. Frames are buffered here and written by the writer thread
-(broker/writer.py, compressed) when the buffer fills and at least once a second (the broker calls
+(broker/recording/writer.py, compressed) when the buffer fills and at least once a second (the broker calls
 :meth:`Recorder.flush`); a write error ends the session: a session is never left unrecorded.
 """
 
@@ -19,8 +19,8 @@ from concurrent.futures import Future
 from pathlib import Path
 from typing import Any
 
-from .castlog import MAX_FRAME, encode_frame, encode_header
 from .digest import StreamTally
+from .format import MAX_FRAME, encode_frame, encode_header
 from .writer import RecordingError, RecordingFile
 
 __all__ = ["DEFAULT_CAPTURE_LIMIT", "FULL", "Recorder", "RecordingError"]

@@ -35,7 +35,7 @@ from typing import IO, Any
 
 from jit_ssh.ca import InputError
 
-from .castlog import Frame, TextStream, read_recording
+from .format import Frame, TextStream, read_recording
 from .transfers import describe
 
 __all__ = ["AsciicastWriter", "CastFormat", "to_asciicast"]
@@ -196,7 +196,7 @@ class AsciicastWriter:
         return out
 
     def _labels(self, payload: bytes) -> list[str]:
-        """Marker labels for one metadata frame (broker/recorder.py and proxy.py write them)."""
+        """Marker labels for one metadata frame (broker/recording/recorder.py and proxy.py write them)."""
         try:
             meta = json.loads(payload)
         except (ValueError, RecursionError):
