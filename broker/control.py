@@ -21,6 +21,7 @@ from jit_ssh.ca.store import User
 from jit_ssh.ca.validate import parse_duration
 from jit_ssh.ca.workflow import Authority, RequestView
 
+from .recording.store import RecordingStore
 from .review import check_reviewer, list_sessions, parse_since, session_detail, verify_sessions
 
 __all__ = [
@@ -49,6 +50,8 @@ class ControlContext:
 
     authority: Authority
     user: str
+    #: Where the recordings are (verify reads them; a search reads their index).
+    recordings: RecordingStore
     on_revoke: Callable[[int, list[int]], None] | None = None
     #: Audits a refusal ``(action, subject, details)`` as this user, within the broker's refusal limit;
     #: without it, refusals are written straight to the audit log.
@@ -221,7 +224,7 @@ def run_command(ctx: ControlContext, verb: str, args: Mapping[str, Any]) -> Any:
         store = authority.store
         if verb == "sessions":
             found, more = list_sessions(
-                store, user=args.get("user"), host=args.get("host"),
+                store, recordings=ctx.recordings, user=args.get("user"), host=args.get("host"),
                 since=parse_since(args["since"]) if "since" in args else None, active=args.get("active", False),
                 request=args.get("request"), grep=args.get("grep"), grep_output=args.get("grep_output"),
                 flagged=args.get("flagged", False), limit=args.get("limit", 200),
@@ -229,7 +232,7 @@ def run_command(ctx: ControlContext, verb: str, args: Mapping[str, Any]) -> Any:
             return {"sessions": found, "more": more}
         if verb == "session":
             return session_detail(store, args["id"])
-        return verify_sessions(store, args.get("id"))
+        return verify_sessions(store, args.get("id"), recordings=ctx.recordings)
     raise InputError(f"unknown command {verb!r}")  # unreachable: parse_arguments checked the verb
 
 

@@ -15,7 +15,6 @@ import contextlib
 import logging
 from collections import deque
 from collections.abc import Callable, Mapping
-from pathlib import Path
 from typing import Any
 
 from jit_ssh.ca import JitSshError
@@ -26,6 +25,7 @@ from sqlmodel import col, select
 from .isolate import Isolator
 from .recording.flags import merge
 from .recording.index import RecordingIndex
+from .recording.store import RecordingStore
 
 __all__ = ["IndexQueue", "save_index"]
 
@@ -79,12 +79,14 @@ class IndexQueue:
         store: Store,
         isolator: Isolator,
         *,
+        recordings: RecordingStore,
         workers: int,
         notify: Callable[[str, Mapping[str, Any]], None],
         run_db: Callable[..., Any],
     ) -> None:
         self.store = store
         self.isolator = isolator
+        self.recordings = recordings
         self._notify = notify
         self._run_db = run_db  # runs a blocking store call off the event loop: (function, *args) -> awaitable
         # Round robin by user: one user's backlog (a flood of recordings that each take the whole budget)
@@ -164,10 +166,12 @@ class IndexQueue:
         row = await self._run_db(load)
         if row is None or row.pruned_at is not None:
             return
-        job = {"path": str(Path(row.recording_path)), "kind": row.kind, "command": row.command, "pty": row.pty}
         index: RecordingIndex | None = None
         error: str | None = None
         try:
+            # The job reads a local file in its own process (a remote store gives its local copy).
+            path = self.recordings.local_path(row.recording_path)
+            job = {"path": str(path), "kind": row.kind, "command": row.command, "pty": row.pty}
             result = await self.isolator.run(_TARGET, job)
         except JitSshError as exc:
             error = exc.message

@@ -15,14 +15,14 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import logging
-import os
-from pathlib import Path
+from typing import IO
 
 from jit_ssh.ca.audit import append_event
 from jit_ssh.ca.store import RecordedSession, Store, dumps, loads
 from sqlmodel import col, select
 
 from .recording.flags import merge
+from .recording.store import RecordingReferenceError, RecordingStore
 
 __all__ = ["CUT_BY_RESTART", "close_orphans", "prefix_digest"]
 
@@ -30,12 +30,12 @@ log = logging.getLogger("jit_ssh.broker.recovery")
 CUT_BY_RESTART = "cut by broker restart"
 
 
-def prefix_digest(path: Path, size: int | None = None) -> tuple[int, str, str | None]:
-    """(size, SHA-256 of the whole file, SHA-256 of its first ``size`` bytes or None if it is shorter)."""
+def prefix_digest(handle: IO[bytes], size: int | None = None) -> tuple[int, str, str | None]:
+    """(size, SHA-256 of the whole recording, SHA-256 of its first ``size`` bytes or None if it is shorter)."""
     whole, prefix = hashlib.sha256(), hashlib.sha256()
     total = 0
     prefix_done: str | None = None
-    with path.open("rb") as handle:
+    with handle:
         while chunk := handle.read(1 << 20):
             whole.update(chunk)
             if size is not None and prefix_done is None:
@@ -49,7 +49,7 @@ def prefix_digest(path: Path, size: int | None = None) -> tuple[int, str, str | 
     return total, whole.hexdigest(), prefix_done
 
 
-def close_orphans(store: Store, broker_id: str) -> list[str]:
+def close_orphans(store: Store, recordings: RecordingStore, broker_id: str) -> list[str]:
     """Close this broker's sessions that have no end (run before it records anything); returns their ids."""
     with store.transaction() as session:
         ids = session.exec(
@@ -59,30 +59,31 @@ def close_orphans(store: Store, broker_id: str) -> list[str]:
         ).all()
     closed = []
     for session_id in ids:
-        _close(store, session_id)
+        _close(store, recordings, session_id)
         closed.append(session_id)
     if closed:
         log.warning("closed %d session(s) cut off when this broker last stopped", len(closed))
     return closed
 
 
-def _close(store: Store, session_id: str) -> None:
+def _close(store: Store, recordings: RecordingStore, session_id: str) -> None:
     with store.transaction() as session:
         row = session.get(RecordedSession, session_id)
         if row is None or row.ended_at is not None:
             return
-        path = Path(row.recording_path)
+        reference = row.recording_path
         reason = CUT_BY_RESTART
         flags: list[str] = loads(row.flags_json) if row.flags_json else []
         try:
-            size, digest, prefix = prefix_digest(path, row.checkpoint_size)
-            ended = max(path.stat().st_mtime, row.started_at)
+            size, digest, prefix = prefix_digest(recordings.open(reference), row.checkpoint_size)
+            ended = max(recordings.modified(reference), row.started_at)
             with contextlib.suppress(OSError):
-                os.truncate(path, size)  # gives back the space claimed beyond its end (broker/space.py)
-        except OSError as exc:
+                recordings.trim(reference, size)  # gives back the space claimed beyond its end (broker/space.py)
+        except (OSError, RecordingReferenceError) as exc:
+            why = exc.message if isinstance(exc, RecordingReferenceError) else exc.strerror
             size, digest, prefix, ended = 0, "", None, row.started_at
-            reason = f"{CUT_BY_RESTART}; recording unreadable: {exc.strerror}"
-            merge(flags, [f"recording missing after a broker crash: {exc.strerror}"])
+            reason = f"{CUT_BY_RESTART}; recording unreadable: {why}"
+            merge(flags, [f"recording missing after a broker crash: {why}"])
         else:
             if row.checkpoint_size and prefix != row.checkpoint_sha256:
                 reason = f"{CUT_BY_RESTART}; recording altered after its last checkpoint"

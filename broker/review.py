@@ -7,7 +7,7 @@ fast however much a session printed.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -29,6 +29,7 @@ from sqlmodel import Session, col, select
 
 from .enforcer import alive
 from .recording.index import input_lines_path, lines_path
+from .recording.store import RecordingReferenceError, RecordingStore
 from .recovery import prefix_digest
 
 __all__ = [
@@ -107,6 +108,7 @@ def _summary(row: RecordedSession, request: AccessRequest | None, live_brokers: 
 def list_sessions(
     store: Store,
     *,
+    recordings: RecordingStore,
     user: str | None = None,
     host: str | None = None,
     since: float | None = None,
@@ -162,11 +164,11 @@ def list_sessions(
     out: list[dict[str, Any]] = []
     for row in rows:
         if command_re is not None and row.id not in matches:
-            typed = _lines_matching(input_lines_path(Path(row.recording_path)), command_re)
+            typed = _lines_matching(_index_text(recordings, row, input_lines_path), command_re)
             if not typed:
                 continue
             matches[row.id] = [{"time": None, "command": line, "source": "input"} for line in typed]
-        if output_re is not None and not _lines_matching(lines_path(Path(row.recording_path)), output_re):
+        if output_re is not None and not _lines_matching(_index_text(recordings, row, lines_path), output_re):
             continue
         item = _summary(row, requests.get(row.request_id), live_brokers)
         if row.id in matches:
@@ -177,9 +179,19 @@ def list_sessions(
     return out, False
 
 
-def _lines_matching(path: Path, pattern: Any, *, most: int = 5) -> list[str]:
+def _index_text(recordings: RecordingStore, row: RecordedSession, kind: Callable[[Path], Path]) -> Path | None:
+    """An index text file of a session's recording (None if its reference is refused: it has no index to search)."""
+    try:
+        return kind(recordings.local_path(row.recording_path))
+    except RecordingReferenceError:
+        return None
+
+
+def _lines_matching(path: Path | None, pattern: Any, *, most: int = 5) -> list[str]:
     """Up to ``most`` lines of an index text file that ``pattern`` matches."""
     found: list[str] = []
+    if path is None:
+        return found
     try:
         with path.open(encoding="utf-8", errors="replace") as handle:
             for line in handle:
@@ -250,13 +262,13 @@ def _get(session: Session, session_id: str) -> RecordedSession:
     return row
 
 
-def recording_of(store: Store, session_id: str) -> tuple[Path, bool]:
-    """The recording file of a session and whether the session is still running."""
+def recording_of(store: Store, session_id: str) -> tuple[str, bool]:
+    """The recording reference of a session (for its RecordingStore) and whether the session is still running."""
     with store.read() as session:
         row = _get(session, session_id)
     if row.pruned_at is not None:
         raise JitSshError(f"the recording of session {session_id} was pruned")
-    return Path(row.recording_path), row.ended_at is None
+    return row.recording_path, row.ended_at is None
 
 
 def record_review(store: Store, *, actor: str, action: str, session_id: str) -> None:
@@ -265,7 +277,7 @@ def record_review(store: Store, *, actor: str, action: str, session_id: str) -> 
         append_event(store, session, actor=actor, action=action, subject=f"session:{session_id}")
 
 
-def verify_sessions(store: Store, session_id: str | None = None) -> list[dict[str, Any]]:
+def verify_sessions(store: Store, session_id: str | None = None, *, recordings: RecordingStore) -> list[dict[str, Any]]:
     """Check every recording that is not being written by a running broker: its digest against its row and
     the audit log, and that review tools could read it. One result each."""
     live_brokers = alive(store)
@@ -278,17 +290,21 @@ def verify_sessions(store: Store, session_id: str | None = None) -> list[dict[st
     for event in iter_events(store):
         if event["action"] == "session.ended":
             audited[event["subject"].removeprefix("session:")] = event["details"].get("recording_sha256", "")
-    return [_verify(row, audited, live_brokers) for row in rows]
+    return [_verify(recordings, row, audited, live_brokers) for row in rows]
 
 
-def _verify(row: RecordedSession, audited: dict[str, str], live_brokers: set[str]) -> dict[str, Any]:
+def _verify(
+    recordings: RecordingStore, row: RecordedSession, audited: dict[str, str], live_brokers: set[str]
+) -> dict[str, Any]:
     if row.pruned_at is not None:
         return {"id": row.id, "ok": True, "status": "pruned"}
-    path = Path(row.recording_path)
     try:
-        size, digest, prefix = prefix_digest(path, row.checkpoint_size if row.ended_at is None else None)
+        handle = recordings.open(row.recording_path)
+        size, digest, prefix = prefix_digest(handle, row.checkpoint_size if row.ended_at is None else None)
     except OSError:
         return {"id": row.id, "ok": False, "status": "recording is missing or unreadable"}
+    except RecordingReferenceError as exc:
+        return {"id": row.id, "ok": False, "status": exc.message}
     problem: str | None = None
     if row.ended_at is None:
         if row.broker_id is not None and row.broker_id not in live_brokers:
@@ -327,7 +343,7 @@ def set_hold(store: Store, session_id: str, *, hold: bool, actor: str) -> None:
 
 
 def prune_sessions(
-    store: Store, *, older_than: timedelta, apply: bool, actor: str = "admin"
+    store: Store, *, recordings: RecordingStore, older_than: timedelta, apply: bool, actor: str = "admin"
 ) -> tuple[list[str], list[tuple[str, str]]]:
     """Recordings of sessions that ended before ``older_than`` ago: (pruned or to prune, refused)."""
     cutoff = time.time() - older_than.total_seconds()
@@ -349,11 +365,15 @@ def prune_sessions(
             if request is not None and request.review_required:
                 refused.append((row.id, "under review (break-glass access)"))
                 continue
+            try:
+                path = recordings.local_path(row.recording_path)
+            except RecordingReferenceError as exc:  # never deleted: it may name any file
+                refused.append((row.id, exc.message))
+                continue
             chosen.append(row.id)
             if apply:
-                path = Path(row.recording_path)
-                for target in (path, lines_path(path)):
-                    target.unlink(missing_ok=True)
+                recordings.delete(row.recording_path)
+                lines_path(path).unlink(missing_ok=True)
                 row.pruned_at = time.time()
                 session.add(row)
         if apply and chosen:

@@ -58,6 +58,7 @@ from .indexing import IndexQueue
 from .isolate import Budget, Isolator
 from .notify import Notifier
 from .proxy import ProxySession
+from .recording.store import LocalRecordingStore, RecordingStore, StoredRecording
 from .recovery import close_orphans
 from .refusals import RefusalAudit, RefusalLimiter
 from .review import record_review, recording_of
@@ -134,6 +135,7 @@ class Broker:
         self._host_ca = ca.signer(CARole.HOST, passphrase=passphrase)
         self._access_ca = ca.signer(CARole.ACCESS, passphrase=passphrase)
         self._host_ca_ssh = asyncssh.import_public_key(self._host_ca.public_key.to_openssh())
+        self.recordings: RecordingStore = LocalRecordingStore(config.recordings_dir)
         for directory in (config.data_dir, config.recordings_dir):
             try:
                 private_dir(directory, 0o700)  # the mode set explicitly, never the umask's
@@ -225,10 +227,10 @@ class Broker:
         key, cert = await asyncio.to_thread(self._host_key)
         await asyncio.to_thread(self.publish_krl)
         # Before recording anything: close what this broker was recording when it last stopped.
-        await asyncio.to_thread(close_orphans, self.store, self.broker_id)
+        await asyncio.to_thread(close_orphans, self.store, self.recordings, self.broker_id)
         self.indexer = IndexQueue(
-            self.store, self.isolator, workers=self.config.index_workers, notify=self.notifier.notify,
-            run_db=asyncio.to_thread,
+            self.store, self.isolator, recordings=self.recordings, workers=self.config.index_workers,
+            notify=self.notifier.notify, run_db=asyncio.to_thread,
         )  # fmt: skip
         for session_id, user in await asyncio.to_thread(self.indexer.unindexed, self.broker_id):
             self.indexer.submit(session_id, user)  # the orphans closed above among them
@@ -460,12 +462,8 @@ class Broker:
             )  # fmt: skip
         return cert
 
-    def recording_path(self, session_id: str) -> Path:
-        day = datetime.now(UTC)
-        return self.config.recordings_dir / f"{day:%Y}" / f"{day:%m}" / f"{day:%d}" / f"{session_id}.jsr"
-
     def session_started(
-        self, proxy: ProxySession, grant: Grant, cert: Certificate, path: Path, onward_serial: int | None, peer: str
+        self, proxy: ProxySession, grant: Grant, cert: Certificate, recording: str, onward_serial: int | None, peer: str
     ) -> None:
         with self.store.transaction() as session:
             session.add(
@@ -473,7 +471,7 @@ class Broker:
                     id=proxy.session_id, request_id=grant.request_id, user=grant.user, host=grant.host,
                     login=grant.login, kind=proxy.kind, pty=proxy.term is not None, command=proxy.command,
                     client_serial=cert.serial, client_key_id=cert.key_id, onward_serial=onward_serial,
-                    peer=peer, started_at=proxy.started, recording_path=str(path), broker_id=self.broker_id,
+                    peer=peer, started_at=proxy.started, recording_path=recording, broker_id=self.broker_id,
                 )
             )  # fmt: skip
             append_event(
@@ -609,7 +607,9 @@ class Broker:
     def live_session(self, session_id: str) -> ProxySession | None:
         return self.enforcer.session(session_id)
 
-    async def open_stream(self, user: str, verb: str, args: Mapping[str, Any]) -> tuple[Path, Callable[[], bool]]:
+    async def open_stream(
+        self, user: str, verb: str, args: Mapping[str, Any]
+    ) -> tuple[StoredRecording, Callable[[], bool]]:
         """Check and audit a replay, export or watch; returns the recording and a 'still live' test.
 
         Following a live session is watching it, whatever the command: the user is told, and it is
@@ -621,18 +621,18 @@ class Broker:
             raise InputError(f"purpose must be export or replay, found {purpose[:20]!r}")
         follow = verb == "watch" or bool(args.get("follow"))
 
-        def check() -> tuple[Path, str]:
+        def check() -> tuple[str, str]:
             require_reviewer(self.control_context(user), purpose, session_id)
-            path, running = recording_of(self.store, session_id)
+            reference, running = recording_of(self.store, session_id)
             action = "watch" if follow and running else purpose
             record_review(self.store, actor=user, action=f"session.{action}", session_id=session_id)
-            return path, action
+            return reference, action
 
-        path, action = await asyncio.to_thread(check)
+        reference, action = await asyncio.to_thread(check)
         proxy = self.live_session(session_id)
         if action == "watch" and proxy is not None and self.config.notify_watched:
             proxy.notice(f"{user} is watching this session")
-        return path, lambda: self.live_session(session_id) is not None
+        return StoredRecording(self.recordings, reference), lambda: self.live_session(session_id) is not None
 
     def control_context(self, user: str, on_revoke: Callable[[int, list[int]], None] | None = None) -> ControlContext:
         """What a control command of ``user`` runs with; its refusals count against the refusal limit as theirs."""
@@ -640,7 +640,7 @@ class Broker:
         def refused(action: str, subject: str, details: dict[str, Any]) -> None:
             self.audit_refusal(action, subject, details, source=f"user:{user}", actor=user)
 
-        return ControlContext(self.authority, user, on_revoke=on_revoke, on_refusal=refused)
+        return ControlContext(self.authority, user, self.recordings, on_revoke=on_revoke, on_refusal=refused)
 
     async def run_control(self, user: str, command: str, raw: bytes) -> tuple[dict[str, Any], int]:
         started = time.monotonic()

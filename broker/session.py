@@ -361,9 +361,9 @@ class ClientConnection(asyncssh.SSHServer):
 
         Returns the onward certificate's serial written in the row (None if the host is not reached yet).
         """
-        path = self.broker.recording_path(proxy.session_id)
+        new = self.broker.recordings.create(proxy.session_id)
         recorder = await asyncio.to_thread(
-            Recorder.open, path, header, limits=capture_limits(proxy, self.broker.config.capture_limit)
+            Recorder.open, new.path, header, limits=capture_limits(proxy, self.broker.config.capture_limit)
         )
         recorder.file.set_loop(asyncio.get_running_loop())
         # The session row exists from here on, so that a session the host refuses is on record too:
@@ -371,10 +371,10 @@ class ClientConnection(asyncssh.SSHServer):
         live = self._live_onward()  # the host may have been reached meanwhile
         serial = live[1] if live is not None else None
         try:
-            await asyncio.to_thread(self.broker.session_started, proxy, grant, cert, path, serial, self.peer)
+            await asyncio.to_thread(self.broker.session_started, proxy, grant, cert, new.reference, serial, self.peer)
         except BaseException:
             recorder.abandon()  # no row, no session: a recording of nothing is not kept
-            path.unlink(missing_ok=True)
+            self.broker.recordings.delete(new.reference)
             raise
         proxy.begin_recording(recorder)
         if proxy.command is not None:

@@ -170,6 +170,8 @@ class RecordedSession(SQLModel, table=True):
     started_at: float = Field(index=True)
     ended_at: float | None = None
     end_reason: str | None = None
+    #: The recording's reference in its RecordingStore (broker/recording/store.py), opaque outside it; the
+    #: local store's is the file's absolute path, as rows have always held it (hence the column's name).
     recording_path: str
     recording_size: int | None = None
     recording_sha256: str | None = None

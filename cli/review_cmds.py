@@ -20,6 +20,7 @@ import typer
 from jit_ssh.broker.config import BrokerConfig
 from jit_ssh.broker.recording.asciicast import AsciicastWriter, CastFormat
 from jit_ssh.broker.recording.format import follow_frames
+from jit_ssh.broker.recording.store import LocalRecordingStore, RecordingStore, StoredRecording
 from jit_ssh.broker.recording.transfers import describe as describe_transfer
 from jit_ssh.broker.review import (
     list_sessions,
@@ -53,11 +54,17 @@ JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON instead of 
 sessions_app = typer.Typer(help="Recorded sessions: list, search, show, verify, prune.")
 
 
-def _local_store(config: Path | None) -> Store | None:
+def _local(config: Path | None) -> tuple[Store, LocalRecordingStore] | None:
+    """On the bastion (``--config``): the broker's store and its recordings, read directly."""
     if config is None:
         return None
     cfg = BrokerConfig.load(config)
-    return Store(cfg.store_url)
+    return Store(cfg.store_url), LocalRecordingStore(cfg.recordings_dir)
+
+
+def _local_store(config: Path | None) -> Store | None:
+    local = _local(config)
+    return local[0] if local is not None else None
 
 
 def _size(value: int | None) -> str:
@@ -129,10 +136,12 @@ def sessions(
     """
     if ctx.invoked_subcommand is not None:
         return
-    store = _local_store(config)
-    if store is not None:
+    local = _local(config)
+    if local is not None:
+        store, recordings = local
         rows, more = list_sessions(
-            store, user=user, host=host, since=parse_since(since) if since else None, active=active,
+            store, recordings=recordings, user=user, host=host, since=parse_since(since) if since else None,
+            active=active,
             request=request, grep=grep, grep_output=grep_output, flagged=flagged, limit=limit,
         )  # fmt: skip
     else:
@@ -219,9 +228,11 @@ def verify(
     as_json: JsonOption = False,
 ) -> None:
     """Recompute recordings' digests against the store and the audit log; name what was altered."""
-    store = _local_store(config)
+    local = _local(config)
     args = {"id": session_id} if session_id else {}
-    results = verify_sessions(store, session_id) if store else call(Settings.load(), "verify", args)
+    results = (
+        verify_sessions(local[0], session_id, recordings=local[1]) if local else call(Settings.load(), "verify", args)
+    )
     bad = [r for r in results if not r["ok"]]
     if as_json:
         emit_json(results)
@@ -243,8 +254,11 @@ def prune(
     as_json: JsonOption = False,
 ) -> None:
     """Delete recordings of sessions that ended long ago (dry run unless --yes); holds are kept."""
-    store = Store(BrokerConfig.load(config).store_url)
-    chosen, refused = prune_sessions(store, older_than=parse_duration(older_than), apply=yes)
+    cfg = BrokerConfig.load(config)
+    chosen, refused = prune_sessions(
+        Store(cfg.store_url), recordings=LocalRecordingStore(cfg.recordings_dir),
+        older_than=parse_duration(older_than), apply=yes,
+    )  # fmt: skip
     if as_json:
         emit_json({"pruned" if yes else "would_prune": chosen, "kept": [{"id": i, "why": w} for i, w in refused]})
         return
@@ -267,9 +281,15 @@ def hold(
 
 # -- streams -----------------------------------------------------------------------------------------
 async def _local_lines(
-    store: Store, session_id: str, *, follow: bool, action: str, cast_format: CastFormat
+    store: Store,
+    recordings: RecordingStore,
+    session_id: str,
+    *,
+    follow: bool,
+    action: str,
+    cast_format: CastFormat,
 ) -> AsyncIterator[bytes]:
-    path, running = recording_of(store, session_id)
+    reference, running = recording_of(store, session_id)
     # Following a live session is watching it (the user cannot be told from here: no broker is involved).
     record_review(store, actor="admin", action="session.watch" if follow and running else action, session_id=session_id)
     writer = AsciicastWriter(cast_format)
@@ -277,7 +297,8 @@ async def _local_lines(
     def live() -> bool:
         return follow and recording_of(store, session_id)[1]
 
-    async for header, frame in follow_frames(path, live=live if follow and running else lambda: False):
+    source = StoredRecording(recordings, reference)
+    async for header, frame in follow_frames(source, live=live if follow and running else lambda: False):
         text = writer.header(header) if frame is None else writer.frame(frame)
         for line in text.splitlines(keepends=True):
             yield line.encode()
@@ -296,9 +317,12 @@ def _lines(
     cast_format: CastFormat = CastFormat.V2,
 ) -> AsyncIterator[bytes]:  # fmt: skip
     """asciicast lines of a session; replay and watch read v2 (times since the start) back."""
-    store = _local_store(config)
-    if store is not None:
-        return _local_lines(store, session_id, follow=follow, action=f"session.{purpose}", cast_format=cast_format)
+    local = _local(config)
+    if local is not None:
+        store, recordings = local
+        return _local_lines(
+            store, recordings, session_id, follow=follow, action=f"session.{purpose}", cast_format=cast_format
+        )
     args: dict[str, Any] = {"id": session_id}
     if verb == "export":
         args.update(follow=follow, purpose=purpose)

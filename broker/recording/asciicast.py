@@ -35,7 +35,7 @@ from typing import IO, Any
 
 from jit_ssh.ca import InputError
 
-from .format import Frame, TextStream, read_recording
+from .format import Frame, RecordingSource, TextStream, read_recording
 from .transfers import describe
 
 __all__ = ["AsciicastWriter", "CastFormat", "to_asciicast"]
@@ -260,7 +260,7 @@ def _compact(value: Any) -> str:
         return "(nested too deeply to show)"
 
 
-def to_asciicast(path: Path, out: IO[str], cast_format: str = CastFormat.V2) -> dict[str, Any]:
+def to_asciicast(path: Path | RecordingSource, out: IO[str], cast_format: str = CastFormat.V2) -> dict[str, Any]:
     """Write ``path`` as asciicast (v2 unless ``cast_format`` says v3) to ``out``; returns the recording's header."""
     header, frames, _ = read_recording(path)
     writer = AsciicastWriter(cast_format)

@@ -30,7 +30,7 @@ import struct
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, Protocol
 
 import zstandard
 from jit_ssh.ca import JitSshError
@@ -44,6 +44,7 @@ __all__ = [
     "Frame",
     "FrameParser",
     "RecordingFormatError",
+    "RecordingSource",
     "TextStream",
     "encode_frame",
     "encode_header",
@@ -67,6 +68,15 @@ _READ = 256 * 1024
 
 class RecordingFormatError(JitSshError):
     """A recording that is not in jit-ssh's format, or is damaged."""
+
+
+class RecordingSource(Protocol):
+    """A recording to read that is not a local path: one in a RecordingStore (broker/recording/store.py).
+
+    ``open`` raises OSError when the recording cannot be read; ``str()`` names it in errors.
+    """
+
+    def open(self) -> IO[bytes]: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -213,14 +223,14 @@ class _Source:
             self._pieces = self._zstd.decompress(raw)
 
 
-def _open(path: Path) -> IO[bytes]:
+def _open(path: Path | RecordingSource) -> IO[bytes]:
     try:
-        return path.open("rb")
+        return path.open("rb") if isinstance(path, Path) else path.open()
     except OSError as exc:
         raise RecordingFormatError(f"cannot read recording {path}: {exc.strerror}") from exc
 
 
-def _chunks(source: _Source, path: Path) -> Iterator[bytes]:
+def _chunks(source: _Source, path: Path | RecordingSource) -> Iterator[bytes]:
     while True:
         try:
             chunk = source.read()
@@ -231,7 +241,7 @@ def _chunks(source: _Source, path: Path) -> Iterator[bytes]:
         yield chunk
 
 
-def read_recording(path: Path) -> tuple[dict[str, Any], Iterator[Frame], list[bool]]:
+def read_recording(path: Path | RecordingSource) -> tuple[dict[str, Any], Iterator[Frame], list[bool]]:
     """The header and an iterator of frames; the list's one flag turns True if the file ends mid-frame.
 
     Raises RecordingFormatError for a file that is not a readable recording, here or while iterating.
@@ -262,7 +272,7 @@ def read_recording(path: Path) -> tuple[dict[str, Any], Iterator[Frame], list[bo
 
 
 async def follow_frames(
-    path: Path, *, live: Callable[[], bool], poll: float = 0.2
+    path: Path | RecordingSource, *, live: Callable[[], bool], poll: float = 0.2
 ) -> AsyncIterator[tuple[dict[str, Any], Frame | None]]:
     """The header, then every frame, following the file while ``live()`` says the session runs.
 
