@@ -374,6 +374,7 @@ def prune_sessions(
             if apply:
                 recordings.delete(row.recording_path)
                 lines_path(path).unlink(missing_ok=True)
+                input_lines_path(path).unlink(missing_ok=True)  # what was sent: a script, a password typed blind
                 row.pruned_at = time.time()
                 session.add(row)
         if apply and chosen:

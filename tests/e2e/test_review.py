@@ -622,3 +622,28 @@ def test_prune_is_a_dry_run_by_default_and_keeps_held_and_break_glass_sessions(t
         assert actions.count("sessions.pruned") == 2
         assert "session.hold" in actions
         assert "session.release" in actions
+
+
+def test_prune_deletes_the_recordings_index_files_with_it(tmp_path: Path) -> None:
+    """The index beside a recording holds what was sent to the host (``.input``: a script's lines, a password
+    typed blind) and what it printed (``.lines``): pruning the recording must not leave them behind."""
+    with started_stack(tmp_path / "site") as st:
+        grant = st.grant("alice", "bob")
+        st.jit("alice", "cert", str(grant), check=True)
+        since = _now()
+        done = run_ssh([*ssh_argv(st, "alice", grant), "cat >/dev/null; echo printed-line"], stdin=b"sent-line\n")
+        assert done.returncode == 0, done.stderr
+        pruned = ended_session(st, since=since)["id"]
+        _, kept = _exec_session(st, grant, "echo kept-line")
+        for session_id in (pruned, kept):
+            _indexed(st, session_id)
+        paths = {r["id"]: Path(r["recording_path"]) for r in session_rows(st)}
+        beside = {sid: sorted(p.name for p in paths[sid].parent.glob(paths[sid].stem + ".*")) for sid in paths}
+        assert {Path(n).suffix for n in beside[pruned]} >= {".jsr", ".lines", ".input"}
+        st.admin("sessions", "hold", kept)
+
+        wait_for(lambda: _prune(st)["would_prune"], what="the session to be older than 1s")
+        assert _prune(st, "--yes")["pruned"] == [pruned]
+        left = sorted(p.name for p in paths[pruned].parent.glob(paths[pruned].stem + ".*"))
+        assert left == [], f"pruning left {left} of session {pruned}"
+        assert sorted(p.name for p in paths[kept].parent.glob(paths[kept].stem + ".*")) == beside[kept]
