@@ -37,6 +37,7 @@ from jit_ssh.ca import (
 )
 from jit_ssh.ca.audit import append_event
 from jit_ssh.ca.files import private_dir, write_private
+from jit_ssh.ca.grant import Grant
 from jit_ssh.ca.inventory import user_for_key
 from jit_ssh.ca.policy import Policy
 from jit_ssh.ca.store import AccessRequest, Host, IssuedCertificate, RecordedSession, Store, User, dumps, loads
@@ -62,7 +63,7 @@ from .recording.store import LocalRecordingStore, RecordingStore, StoredRecordin
 from .recovery import close_orphans
 from .refusals import RefusalAudit, RefusalLimiter
 from .review import record_review, recording_of
-from .session import ClientConnection, Grant
+from .session import ClientConnection
 from .tcp import quick_acks
 
 __all__ = ["Broker"]

@@ -16,12 +16,12 @@ import asyncio
 import logging
 import secrets
 import time
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 import asyncssh
 from jit_ssh.ca import AccessDenied, Certificate, CertificateError, InputError, JitSshError, PublicKey
+from jit_ssh.ca.grant import Grant
 
 from .proxy import Onward, ProxySession, allowed_env
 from .recording.recorder import FULL, Recorder
@@ -31,27 +31,9 @@ from .tcp import quick_acks
 if TYPE_CHECKING:
     from .server import Broker
 
-__all__ = ["ClientConnection", "Grant"]
+__all__ = ["ClientConnection"]
 
 log = logging.getLogger("jit_ssh.broker.session")
-
-
-@dataclass(frozen=True, slots=True)
-class Grant:
-    """What one engineer's certificate may open, as the store says now."""
-
-    request_id: int
-    user: str
-    host: str
-    address: str
-    port: int
-    host_key: str | None
-    login: str
-    starts_at: float
-    expires_at: float
-    extensions: tuple[str, ...]
-    serial: int
-    key_id: str
 
 
 def _retrieve(task: asyncio.Task[Any]) -> None:
