@@ -17,12 +17,13 @@ from typing import Any
 
 from jit_ssh.ca import AccessDenied, InputError, JitSshError, PublicKey
 from jit_ssh.ca.audit import append_event
+from jit_ssh.ca.rules import HOST_GROUP, check_reviewer
 from jit_ssh.ca.store import User
 from jit_ssh.ca.validate import parse_duration
 from jit_ssh.ca.workflow import Authority, RequestView
 
 from .recording.store import RecordingStore
-from .review import check_reviewer, list_sessions, parse_since, session_detail, verify_sessions
+from .review import list_sessions, parse_since, session_detail, verify_sessions
 
 __all__ = [
     "HOST_GROUP",
@@ -40,8 +41,6 @@ __all__ = [
 log = logging.getLogger("jit_ssh.broker.control")
 
 MAX_ARGUMENTS = 64 * 1024
-#: Members are hosts' own keys (enrolled by 'host enroll --host-key'), good for fetching the KRL only.
-HOST_GROUP = "jit-hosts"
 
 
 @dataclass(frozen=True, slots=True)

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import re2
-from jit_ssh.ca import AccessDenied, InputError, JitSshError
+from jit_ssh.ca import InputError, JitSshError
 from jit_ssh.ca.audit import append_event, iter_events
 from jit_ssh.ca.store import (
     AccessRequest,
@@ -394,8 +394,3 @@ def parse_since(text: str) -> float:
     if moment.tzinfo is None:
         moment = moment.replace(tzinfo=UTC)
     return moment.timestamp()
-
-
-def check_reviewer(groups: frozenset[str], reviewer_groups: frozenset[str], user: str) -> None:
-    if not groups & reviewer_groups:
-        raise AccessDenied(f"{user} is not a reviewer (reviewers: {', '.join(sorted(reviewer_groups)) or 'nobody'})")
