@@ -28,7 +28,6 @@ from jit_ssh.ca import (
     CADirectory,
     CARole,
     Certificate,
-    CertType,
     InputError,
     JitSshError,
     PublicKey,
@@ -37,13 +36,21 @@ from jit_ssh.ca import (
 )
 from jit_ssh.ca.audit import append_event
 from jit_ssh.ca.files import private_dir, write_private
-from jit_ssh.ca.grant import Grant
+from jit_ssh.ca.grant import (
+    Grant,
+    GrantFacts,
+    HostFacts,
+    IssuedFacts,
+    RequestFacts,
+    check_grant,
+    check_presented,
+    onward_terms,
+    recheck,
+)
 from jit_ssh.ca.inventory import user_for_key
 from jit_ssh.ca.policy import Policy
 from jit_ssh.ca.store import AccessRequest, Host, IssuedCertificate, RecordedSession, Store, User, dumps, loads
-from jit_ssh.ca.validate import target_principal
-from jit_ssh.ca.workflow import Authority, RequestState
-from sqlmodel import col, select
+from jit_ssh.ca.workflow import Authority
 
 from . import fastpath
 from .config import BrokerConfig
@@ -84,8 +91,6 @@ MAX_COMMANDS_PER_USER = 4
 MAX_STREAMS_PER_USER = 8
 #: Verbs that decide (and end) access: threads of their own, never queued behind anyone's other work.
 DECISION_VERBS = frozenset({"approve", "deny", "revoke", "cancel"})
-#: What _request_states says of a grant whose user is disabled (or gone), whatever the request's own state.
-_USER_DISABLED = "user-disabled"
 #: The broker's own hop prefers AES-GCM, which asyncssh relays 1.5 to 2 times as fast as its default first
 #: choice, chacha20-poly1305 (with AES-NI, on loopback); asyncssh's other defaults follow, for any host.
 _ONWARD_CIPHERS = (
@@ -325,16 +330,6 @@ class Broker:
         """Cut off every live session of a grant; returns how many."""
         return self.enforcer.end_grant(request_id, reason)
 
-    def _request_states(self, ids: list[int]) -> dict[int, str]:
-        """Each request's state, or _USER_DISABLED: a disabled user loses access even if a grant was left."""
-        with self.store.transaction() as session:
-            rows = session.exec(
-                select(AccessRequest.id, AccessRequest.state, User.disabled)
-                .join(User, col(User.name) == col(AccessRequest.requester), isouter=True)
-                .where(col(AccessRequest.id).in_(ids))
-            ).all()
-        return {int(rid): _USER_DISABLED if disabled is not False else state for rid, state, disabled in rows if rid}
-
     # -- the session face ------------------------------------------------------------------------
     def _refuse_session(self, username: str, cert: Certificate, peer: str, reason: str, audit: bool) -> AccessDenied:
         if audit:
@@ -346,55 +341,40 @@ class Broker:
 
     def session_grant(self, username: str, cert: Certificate, peer: str, audit: bool) -> Grant:
         """Invariant 4: the grant a presented certificate stands for, or AccessDenied with the reason."""
-        login, _, host = username.partition("@")
         try:
-            principal = target_principal(login, host)
-            cert.check(trusted_ca=self.user_ca_key, cert_type=CertType.USER, principal=principal)
-        except (InputError, JitSshError) as exc:
+            presented = check_presented(cert, username, user_ca=self.user_ca_key, now=time.time())
+            return check_grant(presented, self._grant_facts(cert.serial, host=presented.host), now=time.time())
+        except AccessDenied as exc:
             raise self._refuse_session(username, cert, peer, exc.message, audit) from None
-        with self.store.transaction() as session:
-            issued = session.get(IssuedCertificate, cert.serial)
-            request = session.get(AccessRequest, issued.request_id) if issued is not None else None
-            owner = session.get(User, request.requester) if request is not None else None
-            host_row = session.get(Host, host)
-        now = time.time()
-        reason = None
-        if issued is None or issued.ca_role != "user" or issued.key_id != cert.key_id:
-            reason = f"certificate serial {cert.serial} was not issued by this broker"
-        elif request is not None and (owner is None or owner.disabled):
-            reason = f"user {request.requester} is disabled"
-        elif issued.revoked:
-            reason = f"certificate serial {cert.serial} is revoked"
-        elif request is None or request.state != RequestState.APPROVED:
-            reason = f"request {issued.request_id} is {request.state if request else 'missing'}, not approved"
-        elif request.starts_at is None or request.expires_at is None or not request.starts_at <= now:
-            reason = f"the grant of request {request.id} has not started"
-        elif now >= request.expires_at:
-            reason = f"the grant of request {request.id} has expired"
-        elif host not in request.hosts or login != request.login:
-            reason = f"request {request.id} does not cover {principal}"
-        elif host_row is None:
-            reason = f"host {host} is no longer in the inventory"
-        if reason is not None or request is None or host_row is None or request.id is None:
-            raise self._refuse_session(username, cert, peer, reason or "refused", audit)
-        return Grant(
-            request_id=request.id, user=request.requester, host=host, address=host_row.address,
-            port=host_row.port, host_key=host_row.host_key, login=login, starts_at=request.starts_at or now,
-            expires_at=request.expires_at or now, extensions=tuple(loads(request.extensions_json)),
-            serial=cert.serial, key_id=cert.key_id,
-        )  # fmt: skip
 
     def recheck_grant(self, grant: Grant) -> None:
         """Time of use: the grant must still be approved and running when a channel opens."""
-        states = self._request_states([grant.request_id])
+        recheck(grant, self._grant_facts(grant.serial, request_id=grant.request_id), now=time.time())
+
+    def _grant_facts(self, serial: int, *, request_id: int | None = None, host: str | None = None) -> GrantFacts:
+        """What the store says of a certificate's grant: its issued row, the request (``request_id``, or the
+        issued row's), the requester's user row and (when named) the host's inventory row."""
         with self.store.transaction() as session:
-            issued = session.get(IssuedCertificate, grant.serial)
-        if states.get(grant.request_id) == _USER_DISABLED:
-            raise AccessDenied(f"user {grant.user} is disabled")
-        if states.get(grant.request_id) != RequestState.APPROVED or issued is None or issued.revoked:
-            raise AccessDenied(f"request {grant.request_id} is no longer approved")
-        if time.time() >= grant.expires_at:
-            raise AccessDenied(f"the grant of request {grant.request_id} has expired")
+            issued = session.get(IssuedCertificate, serial)
+            if request_id is None and issued is not None:
+                request_id = issued.request_id
+            request = session.get(AccessRequest, request_id) if request_id is not None else None
+            owner = session.get(User, request.requester) if request is not None else None
+            host_row = session.get(Host, host) if host is not None else None
+        return GrantFacts(
+            issued=None if issued is None else IssuedFacts(
+                request_id=issued.request_id, ca_role=issued.ca_role, key_id=issued.key_id, revoked=issued.revoked,
+            ),
+            request=None if request is None or request.id is None else RequestFacts(
+                id=request.id, requester=request.requester, state=request.state, hosts=tuple(request.hosts),
+                login=request.login, starts_at=request.starts_at, expires_at=request.expires_at,
+                extensions=tuple(loads(request.extensions_json)),
+            ),
+            owner_disabled=None if owner is None else owner.disabled,
+            host=None if host_row is None else HostFacts(
+                name=host_row.name, address=host_row.address, port=host_row.port, host_key=host_row.host_key,
+            ),
+        )  # fmt: skip
 
     async def connect_onward(self, grant: Grant, session_id: str) -> tuple[asyncssh.SSHClientConnection, int]:
         """The broker's own connection to the host, with a fresh key and an access-CA certificate."""
@@ -435,27 +415,26 @@ class Broker:
 
     def _mint_onward(self, grant: Grant, session_id: str, subject: PublicKey) -> Certificate:
         now = datetime.now(UTC)
-        until = datetime.fromtimestamp(grant.expires_at, UTC)
+        terms = onward_terms(grant, session_id=session_id, source_addresses=self.config.source_addresses, now=now)
         with self.store.transaction() as session:
             serial = self.store.next_serial(session)
-            key_id = f"jit-ssh session={session_id} request={grant.request_id} user={grant.user}"
             cert = mint_user_certificate(
                 self._access_ca,
                 subject,
-                principals=[target_principal(grant.login, grant.host)],
-                key_id=key_id,
+                principals=terms.principals,
+                key_id=terms.key_id,
                 serial=serial,
-                valid_from=now,
-                valid_until=until,
-                max_validity=max(until - now, timedelta(seconds=1)),
-                extensions=grant.extensions,
-                source_address=list(self.config.source_addresses),
-                backdate=timedelta(seconds=60),
+                valid_from=terms.valid_from,
+                valid_until=terms.valid_until,
+                max_validity=terms.max_validity,
+                extensions=terms.extensions,
+                source_address=terms.source_address,
+                backdate=terms.backdate,
                 now=now,
             )
             session.add(
                 IssuedCertificate(
-                    serial=serial, request_id=grant.request_id, ca_role="access", key_id=key_id,
+                    serial=serial, request_id=grant.request_id, ca_role="access", key_id=terms.key_id,
                     key_fingerprint=subject.fingerprint(), principals_json=dumps(list(cert.principals)),
                     valid_after=cert.valid_after, valid_before=cert.valid_before, session_id=session_id,
                     created_at=now.timestamp(),
