@@ -17,7 +17,7 @@ from typing import Any
 
 from jit_ssh.ca import AccessDenied, InputError, JitSshError, PublicKey
 from jit_ssh.ca.audit import append_event
-from jit_ssh.ca.rules import HOST_GROUP, check_reviewer
+from jit_ssh.ca.rules import HOST_GROUP, HOST_IDENTITY_VERBS, check_host_identity, check_reviewer
 from jit_ssh.ca.store import User
 from jit_ssh.ca.validate import parse_duration
 from jit_ssh.ca.workflow import Authority, RequestView
@@ -163,11 +163,11 @@ def _start(value: str | None) -> datetime | None:
 def run_command(ctx: ControlContext, verb: str, args: Mapping[str, Any]) -> Any:
     """Carry out one parsed command for ``ctx.user``; returns what goes under ``result``."""
     authority, user = ctx.authority, ctx.user
-    if verb != "whoami":
+    if verb not in HOST_IDENTITY_VERBS:  # those need no look-up
         with authority.store.transaction() as session:
             row = session.get(User, user)
-        if row is not None and HOST_GROUP in row.groups:
-            raise AccessDenied(f"{user} is a host identity: it may only fetch the KRL")
+            groups = row.groups if row is not None else []
+        check_host_identity(user, groups, verb)
     if verb == "whoami":
         return {"user": user}
     if verb == "request":
@@ -240,9 +240,9 @@ def require_reviewer(ctx: ControlContext, verb: str, session_id: str | None = No
     store = ctx.authority.store
     with store.transaction() as session:
         row = session.get(User, ctx.user)
-        groups = ctx.authority.policy.groups_of(ctx.user, row.groups if row else [])
+        groups = row.groups if row is not None else []
     try:
-        check_reviewer(groups, ctx.authority.policy.reviewer_groups, ctx.user)
+        check_reviewer(ctx.authority.policy, ctx.user, groups)
     except AccessDenied as exc:
         subject = "sessions" if session_id is None else f"session:{session_id[:128]}"
         details: dict[str, Any] = {"verb": verb, "reason": exc.message}

@@ -21,8 +21,8 @@ from pathlib import Path
 
 from jit_ssh.ca import CADirectory, CARole, PublicKey, mint_host_certificate, passphrase_from_env
 from jit_ssh.ca.policy import HostInfo, Policy
+from jit_ssh.ca.rules import host_principals
 from jit_ssh.ca.store import Store
-from jit_ssh.ca.validate import target_principal
 from jit_ssh.ca.workflow import Authority
 
 __all__ = ["EnrollBundle", "build_bundle"]
@@ -77,10 +77,8 @@ def build_bundle(
     access, user = ca.public_key(CARole.ACCESS), ca.public_key(CARole.USER)
     bundle = EnrollBundle(name)
     bundle.files["trusted_user_ca_keys.pub"] = (access.to_openssh("jit-ssh-access-ca") + "\n").encode()
-    info = HostInfo(name, labels)
-    logins = sorted({login for rule in policy.rules if rule.selects(info) for login in rule.logins})
-    for login in logins:
-        bundle.files[f"auth_principals/{login}"] = (target_principal(login, name) + "\n").encode()
+    for login, principals in host_principals(policy, HostInfo(name, labels)).items():
+        bundle.files[f"auth_principals/{login}"] = "".join(f"{principal}\n" for principal in principals).encode()
     bundle.files["revoked.krl"] = Authority(store, policy).krl(access_ca=access, user_ca=user).to_bytes()
     # What 'jit-ssh ca known-hosts' prints; enroll-host replaces the whole jit-ssh folder, so it must be here.
     host_ca = ca.public_key(CARole.HOST).to_openssh("jit-ssh-host-ca")
