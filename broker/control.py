@@ -236,12 +236,14 @@ def run_command(ctx: ControlContext, verb: str, args: Mapping[str, Any]) -> Any:
 
 
 def require_reviewer(ctx: ControlContext, verb: str, session_id: str | None = None) -> None:
-    """Listing, replaying and watching sessions is for the policy's reviewer groups; a refusal is audited."""
+    """Listing, replaying and watching sessions is for the policy's reviewer groups, never a host identity
+    (whatever groups it was also given); a refusal is audited."""
     store = ctx.authority.store
     with store.transaction() as session:
         row = session.get(User, ctx.user)
         groups = row.groups if row is not None else []
     try:
+        check_host_identity(ctx.user, groups, verb)
         check_reviewer(ctx.authority.policy, ctx.user, groups)
     except AccessDenied as exc:
         subject = "sessions" if session_id is None else f"session:{session_id[:128]}"

@@ -32,7 +32,7 @@ from jit_ssh.broker.recording.asciicast import AsciicastWriter
 from jit_ssh.broker.recording.format import follow_frames
 from jit_ssh.broker.recording.recorder import Recorder
 from jit_ssh.broker.server import Broker
-from jit_ssh.ca import JitSshError
+from jit_ssh.ca import AccessDenied, JitSshError
 from jit_ssh.ca.inventory import add_user
 from jit_ssh.ca.store import RecordedSession
 
@@ -246,3 +246,25 @@ def test_numbers_past_the_database_columns_are_refused(
 def test_every_verb_is_fuzzed() -> None:
     assert set(_SPECS) == VERBS
     assert STREAM_VERBS <= VERBS
+
+
+def test_a_host_identity_in_a_reviewer_group_still_reads_no_recording(bastion: Bastion) -> None:
+    """A host's key is on the host, readable by whoever is root there: it opens nothing but the KRL, even when
+    an admin also puts it in a reviewer group (store groups ``jit-hosts`` and ``sre``)."""
+    broker = bastion.broker
+    add_user(broker.store, "host-8", keys=[], groups=[HOST_GROUP, "sre"])
+    ended = bastion.sessions[0]
+    for verb, args in (
+        ("export", {"id": ended}),
+        ("watch", {"id": ended}),
+        ("export", {"id": ended, "purpose": "replay"}),
+    ):
+        with pytest.raises(AccessDenied, match="host-8 is a host identity: it may only fetch the KRL"):
+            asyncio.run(broker.open_stream("host-8", verb, args))
+    for verb in ("sessions", "session", "verify"):
+        raw = json.dumps({"id": ended} if verb == "session" else {}).encode()
+        reply, code = dispatch(broker.control_context("host-8"), verb, raw)
+        assert code == 3, (verb, reply)
+        assert "host identity" in reply["error"]["message"], (verb, reply)
+    # The control: a reviewer who is not a host reads the same recording.
+    asyncio.run(broker.open_stream("bob", "export", {"id": ended}))
