@@ -370,13 +370,22 @@ def prune_sessions(
             except RecordingReferenceError as exc:  # never deleted: it may name any file
                 refused.append((row.id, exc.message))
                 continue
-            chosen.append(row.id)
+            # Inside the directory is not enough: the reference (after links) must name this session's own
+            # recording, never another session's (one under a hold), a directory, or an index file.
+            if path.name != f"{row.id}{path.suffix}" or path.suffix in (".lines", ".input"):
+                refused.append((row.id, f"its recording reference names {path.name[:100]!r}, not this session's"))
+                continue
             if apply:
-                recordings.delete(row.recording_path)
-                lines_path(path).unlink(missing_ok=True)
-                input_lines_path(path).unlink(missing_ok=True)  # what was sent: a script, a password typed blind
+                try:
+                    lines_path(path).unlink(missing_ok=True)
+                    input_lines_path(path).unlink(missing_ok=True)  # what was sent: a script, a password typed blind
+                    recordings.delete(row.recording_path)
+                except OSError as exc:  # kept, and the others pruned and audited all the same
+                    refused.append((row.id, f"cannot delete its recording: {exc.strerror or exc}"))
+                    continue
                 row.pruned_at = time.time()
                 session.add(row)
+            chosen.append(row.id)
         if apply and chosen:
             append_event(
                 store, session, actor=actor, action="sessions.pruned", subject="sessions",
