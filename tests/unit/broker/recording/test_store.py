@@ -187,3 +187,58 @@ def test_create_refuses_a_name_that_is_not_a_session_id(tmp_path: Path, session_
     with pytest.raises(RecordingReferenceError, match="session id"):
         store.create(session_id)
     assert os.listdir(tmp_path) == []
+
+
+def _swapped_after_the_check(monkeypatch: pytest.MonkeyPatch, target: Path) -> None:
+    """The race between the check and the use: once ``path`` has judged a reference, its file is replaced by a
+    symbolic link out of the directory (what anyone who can write in a day's directory could do meanwhile)."""
+    judge = LocalRecordingStore.path
+
+    def judged_then_swapped(self: LocalRecordingStore, reference: str) -> Path:
+        path = judge(self, reference)
+        path.unlink()
+        path.symlink_to(target)
+        return path
+
+    monkeypatch.setattr(LocalRecordingStore, "path", judged_then_swapped)
+
+
+def test_a_link_swapped_in_after_the_check_is_not_followed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    root = tmp_path / "recordings"
+    secret = tmp_path / "secret"
+    secret.write_bytes(b"secret" * 100)
+    store = LocalRecordingStore(root)
+    reference, _, _ = _written(store, "s-race", b"x")
+    _swapped_after_the_check(monkeypatch, secret)
+    with pytest.raises((OSError, RecordingReferenceError)):
+        store.open(reference).close()
+    for operation in (store.size, store.modified):
+        Path(reference).unlink(missing_ok=True)
+        Recorder.open(Path(reference), HEADER).close()
+        with pytest.raises((OSError, RecordingReferenceError)):
+            operation(reference)
+    Path(reference).unlink(missing_ok=True)
+    Recorder.open(Path(reference), HEADER).close()
+    with pytest.raises((OSError, RecordingReferenceError)):
+        store.trim(reference, 0)
+    assert secret.read_bytes() == b"secret" * 100  # neither read, sized nor cut through the link
+    # Negative control: without the swap, a recording opens.
+    monkeypatch.undo()
+    Path(reference).unlink()
+    Recorder.open(Path(reference), HEADER).close()
+    with store.open(reference) as handle:
+        assert handle.read(4)
+
+
+def test_a_reference_to_something_not_a_file_is_refused_without_blocking(tmp_path: Path) -> None:
+    """A FIFO (or device) inside the directory: opening it to read would wait forever for a writer."""
+    store = LocalRecordingStore(tmp_path)
+    os.mkfifo(tmp_path / "fifo.jsr")
+    (tmp_path / "day").mkdir()
+    for reference in ("fifo.jsr", "day"):
+        with pytest.raises((RecordingReferenceError, IsADirectoryError)):
+            store.open(reference)
+        assert not store.exists(reference)
+    reference, size, _ = _written(store, "s-file", b"x")  # negative control: a recording
+    assert store.exists(reference)
+    assert store.size(reference) == size
