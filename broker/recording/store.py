@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import os
 import re
+import stat
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -118,25 +119,52 @@ class LocalRecordingStore:
         return NewRecording(str(path), path)
 
     def open(self, reference: str) -> IO[bytes]:
-        return self.path(reference).open("rb")
+        return os.fdopen(self._open(reference, os.O_RDONLY), "rb")
 
     def size(self, reference: str) -> int:
-        return self.path(reference).stat().st_size
+        return self._stat(reference).st_size
 
     def modified(self, reference: str) -> float:
-        return self.path(reference).stat().st_mtime
+        return self._stat(reference).st_mtime
 
     def trim(self, reference: str, size: int) -> None:
-        os.truncate(self.path(reference), size)
+        fd = self._open(reference, os.O_WRONLY)
+        try:
+            os.ftruncate(fd, size)
+        finally:
+            os.close(fd)
 
     def exists(self, reference: str) -> bool:
-        return self.path(reference).is_file()
+        path = self.path(reference)
+        try:
+            return stat.S_ISREG(path.lstat().st_mode)
+        except FileNotFoundError:
+            return False
 
     def delete(self, reference: str) -> None:
         self.path(reference).unlink(missing_ok=True)
 
     def local_path(self, reference: str) -> Path:
         return self.path(reference)
+
+    def _open(self, reference: str, flags: int) -> int:
+        """A descriptor of the file judged by :meth:`path`: if a symbolic link took its place meanwhile, the open
+        fails (ELOOP) instead of following it out of the directory; anything but a regular file is refused."""
+        fd = os.open(self.path(reference), flags | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+        try:
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                raise RecordingReferenceError(f"recording reference {reference[:200]!r} is not a file: refused")
+        except BaseException:
+            os.close(fd)
+            raise
+        return fd
+
+    def _stat(self, reference: str) -> os.stat_result:
+        fd = self._open(reference, os.O_RDONLY)
+        try:
+            return os.fstat(fd)
+        finally:
+            os.close(fd)
 
     def path(self, reference: str) -> Path:
         """The file of ``reference``, checked to be inside ``root``; RecordingReferenceError if it is not."""
