@@ -60,9 +60,9 @@ class Grant:
 # -- what the store says -----------------------------------------------------------------------------
 @dataclass(frozen=True, slots=True)
 class IssuedFacts:
-    """The issued-certificate row of a serial."""
+    """The issued-certificate row of a serial; ``request_id`` is None for a host's certificate or the broker's."""
 
-    request_id: int
+    request_id: int | None
     ca_role: str
     key_id: str
     revoked: bool

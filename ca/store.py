@@ -136,10 +136,16 @@ class Approval(SQLModel, table=True):
 
 
 class IssuedCertificate(SQLModel, table=True):
+    """A certificate the system signed (ca/issuer.py writes one row for each, with its audit event)."""
+
     __tablename__ = "certificates"
     serial: int = Field(primary_key=True, sa_column_kwargs={"autoincrement": False})
-    request_id: int = Field(foreign_key="requests.id", index=True)
+    #: The request it was issued under: None for host certificates and the broker's own, which answer none.
+    request_id: int | None = Field(default=None, foreign_key="requests.id", index=True)
     ca_role: str = Field(max_length=16)
+    #: Whom it was signed for: the user (their certificate, or the broker's onward one for their session),
+    #: the host's name, or ``broker``.
+    subject: str = Field(default="", max_length=253, sa_column_kwargs={"server_default": ""})
     key_id: str
     key_fingerprint: str = Field(max_length=64)
     principals_json: str
@@ -254,7 +260,7 @@ for _table in SQLModel.metadata.tables.values():
         if type(_column.type) is Integer:
             _column.type = BigInteger().with_variant(Integer(), "sqlite")
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 
 def _add_columns(session: Session, table: str, columns: dict[str, str]) -> None:
@@ -276,8 +282,34 @@ def _to_version_2(session: Session) -> None:
     SQLModel.metadata.tables["brokers"].create(session.connection())
 
 
+def _to_version_3(session: Session) -> None:
+    """Certificates without a request (hosts', the broker's own) and the subject each was signed for."""
+    connection = session.connection()
+    if connection.dialect.name == "sqlite":
+        # SQLite cannot drop a NOT NULL: the table is rebuilt (nothing refers to it by foreign key).
+        for index in ("ix_certificates_request_id", "ix_certificates_valid_before"):
+            connection.exec_driver_sql(f"DROP INDEX {index}")
+        connection.exec_driver_sql("ALTER TABLE certificates RENAME TO certificates_v2")
+        SQLModel.metadata.tables["certificates"].create(connection)
+        connection.exec_driver_sql(
+            "INSERT INTO certificates (serial, request_id, ca_role, key_id, key_fingerprint, principals_json, "
+            "valid_after, valid_before, revoked, session_id, created_at) "
+            "SELECT serial, request_id, ca_role, key_id, key_fingerprint, principals_json, "
+            "valid_after, valid_before, revoked, session_id, created_at FROM certificates_v2"
+        )
+        connection.exec_driver_sql("DROP TABLE certificates_v2")
+    else:
+        connection.exec_driver_sql("ALTER TABLE certificates ALTER COLUMN request_id DROP NOT NULL")
+        _add_columns(session, "certificates", {"subject": "VARCHAR(253) DEFAULT '' NOT NULL"})
+    # Every certificate so far was a user's or an onward one for their session: the requester's.
+    connection.exec_driver_sql(
+        "UPDATE certificates SET subject = COALESCE("
+        "(SELECT requester FROM requests WHERE requests.id = certificates.request_id), '')"
+    )
+
+
 #: Steps from version N-1 to N, each run in the upgrade's one transaction. Version 1 is the base.
-MIGRATIONS: dict[int, Callable[[Session], None]] = {2: _to_version_2}
+MIGRATIONS: dict[int, Callable[[Session], None]] = {2: _to_version_2, 3: _to_version_3}
 
 
 class Store:

@@ -615,7 +615,7 @@ class Authority:
                 )
                 session.add(
                     IssuedCertificate(
-                        serial=serial, request_id=request_id, ca_role="user", key_id=key_id,
+                        serial=serial, request_id=request_id, ca_role="user", subject=user, key_id=key_id,
                         key_fingerprint=public_key.fingerprint(), principals_json=dumps(list(cert.principals)),
                         valid_after=cert.valid_after, valid_before=cert.valid_before, created_at=now,
                     )

@@ -30,7 +30,7 @@ from jit_ssh.ca.workflow import Authority, RequestState
 from sqlmodel import col, select
 
 from tests.integration.test_listings import check_a_flood_hides_nothing
-from tests.integration.test_store_migration import as_version_1, check_upgraded
+from tests.integration.test_store_migration import as_version_1, as_version_2, check_upgraded
 from tests.integration.test_workflow import KEYS, Clock, make_authority
 
 psycopg = pytest.importorskip(
@@ -263,6 +263,12 @@ def test_integers_are_64_bits_as_on_sqlite(pg_url: str, user_ca: KeySigner) -> N
 
 def test_a_version_1_database_is_upgraded_keeping_its_data(pg_url: str) -> None:
     as_version_1(pg_url)
+    check_upgraded(pg_url)
+    check_upgraded(pg_url)
+
+
+def test_a_version_2_database_is_upgraded_keeping_its_certificates(pg_url: str) -> None:
+    as_version_2(pg_url)
     check_upgraded(pg_url)
     check_upgraded(pg_url)
 
