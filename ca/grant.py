@@ -20,6 +20,7 @@ from datetime import UTC, datetime, timedelta
 from .authority import CARole
 from .certs import MAX_BACKDATE, Certificate, CertType
 from .errors import AccessDenied, InputError, JitSshError
+from .issuer import OnwardTerms
 from .keys import PublicKey
 from .validate import target_principal
 from .workflow import RequestState
@@ -187,22 +188,6 @@ def recheck(grant: Grant, facts: GrantFacts, *, now: float) -> None:
 #: How far an onward certificate starts before it is minted, for the host's clock (invariant 2's limit).
 ONWARD_BACKDATE = MAX_BACKDATE
 _SHORTEST = timedelta(seconds=1)
-
-
-@dataclass(frozen=True, slots=True)
-class OnwardTerms:
-    """What the broker's certificate for one session's connection to the host says (invariants 3 and 8):
-    the one principal of the session, from now to the end of the grant, the grant's extensions, the
-    bastion's addresses as ``source-address``, and the session, request and user in the key id."""
-
-    principals: tuple[str, ...]
-    key_id: str
-    valid_from: datetime
-    valid_until: datetime
-    max_validity: timedelta
-    extensions: tuple[str, ...]
-    source_address: tuple[str, ...]
-    backdate: timedelta
 
 
 def onward_terms(grant: Grant, *, session_id: str, source_addresses: tuple[str, ...], now: datetime) -> OnwardTerms:
