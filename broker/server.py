@@ -31,8 +31,6 @@ from jit_ssh.ca import (
     InputError,
     JitSshError,
     PublicKey,
-    mint_host_certificate,
-    mint_user_certificate,
 )
 from jit_ssh.ca.audit import append_event
 from jit_ssh.ca.files import private_dir, write_private
@@ -48,8 +46,9 @@ from jit_ssh.ca.grant import (
     recheck,
 )
 from jit_ssh.ca.inventory import user_for_key
+from jit_ssh.ca.issuer import Issuer
 from jit_ssh.ca.policy import Policy
-from jit_ssh.ca.store import AccessRequest, Host, IssuedCertificate, RecordedSession, Store, User, dumps, loads
+from jit_ssh.ca.store import AccessRequest, Host, IssuedCertificate, RecordedSession, Store, User, loads
 from jit_ssh.ca.workflow import Authority
 
 from . import fastpath
@@ -138,9 +137,9 @@ class Broker:
         self.config = config
         ca = CADirectory(config.ca_dir)
         self.user_ca_key = ca.public_key(CARole.USER)
-        self._host_ca = ca.signer(CARole.HOST, passphrase=passphrase)
-        self._access_ca = ca.signer(CARole.ACCESS, passphrase=passphrase)
-        self._host_ca_ssh = asyncssh.import_public_key(self._host_ca.public_key.to_openssh())
+        signers = {role: ca.signer(role, passphrase=passphrase) for role in (CARole.HOST, CARole.ACCESS, CARole.USER)}
+        self._access_ca_key = signers[CARole.ACCESS].public_key
+        self._host_ca_ssh = asyncssh.import_public_key(signers[CARole.HOST].public_key.to_openssh())
         self.recordings: RecordingStore = LocalRecordingStore(config.recordings_dir)
         for directory in (config.data_dir, config.recordings_dir):
             try:
@@ -149,10 +148,17 @@ class Broker:
                 raise JitSshError(f"cannot create or restrict directory {directory}: {exc.strerror}") from exc
         self.store = Store(config.store_url)
         self.policy = Policy.load(config.policy)
+        #: Signs every certificate of the broker's: engineers', onward, its own host certificate.
+        self.issuer = Issuer(
+            self.store,
+            user_ca=signers[CARole.USER],
+            access_ca=signers[CARole.ACCESS],
+            host_ca=signers[CARole.HOST],
+        )
         self.authority = Authority(
             self.store,
             self.policy,
-            user_ca=ca.signer(CARole.USER, passphrase=passphrase),
+            issuer=self.issuer,
             pending_timeout=config.pending_timeout,
         )
         self.notifier = Notifier(config.webhooks)
@@ -198,22 +204,8 @@ class Broker:
             key = asyncssh.read_private_key(str(path))
         except (OSError, asyncssh.KeyImportError) as exc:
             raise JitSshError(f"cannot read or create the broker host key {path}: {exc}") from exc
-        now = datetime.now(UTC)
-        with self.store.transaction() as session:
-            serial = self.store.next_serial(session)
-            append_event(
-                self.store, session, actor="jit-ssh", action="broker.host_certificate", subject="broker",
-                details={"serial": serial, "names": list(self.config.host_names)},
-            )  # fmt: skip
-        cert = mint_host_certificate(
-            self._host_ca,
-            PublicKey(key.public_data),
-            hostnames=list(self.config.host_names),
-            key_id="jit-ssh broker",
-            serial=serial,
-            valid_from=now,
-            valid_until=now + _HOST_CERT_VALIDITY,
-            max_validity=_HOST_CERT_VALIDITY,
+        cert = self.issuer.issue_broker_host(
+            PublicKey(key.public_data), hostnames=list(self.config.host_names), validity=_HOST_CERT_VALIDITY
         )
         return key, asyncssh.import_certificate(cert.to_openssh())
 
@@ -416,31 +408,9 @@ class Broker:
     def _mint_onward(self, grant: Grant, session_id: str, subject: PublicKey) -> Certificate:
         now = datetime.now(UTC)
         terms = onward_terms(grant, session_id=session_id, source_addresses=self.config.source_addresses, now=now)
-        with self.store.transaction() as session:
-            serial = self.store.next_serial(session)
-            cert = mint_user_certificate(
-                self._access_ca,
-                subject,
-                principals=terms.principals,
-                key_id=terms.key_id,
-                serial=serial,
-                valid_from=terms.valid_from,
-                valid_until=terms.valid_until,
-                max_validity=terms.max_validity,
-                extensions=terms.extensions,
-                source_address=terms.source_address,
-                backdate=terms.backdate,
-                now=now,
-            )
-            session.add(
-                IssuedCertificate(
-                    serial=serial, request_id=grant.request_id, ca_role="access", key_id=terms.key_id,
-                    key_fingerprint=subject.fingerprint(), principals_json=dumps(list(cert.principals)),
-                    valid_after=cert.valid_after, valid_before=cert.valid_before, session_id=session_id,
-                    created_at=now.timestamp(),
-                )
-            )  # fmt: skip
-        return cert
+        return self.issuer.issue_onward(
+            subject, terms, request_id=grant.request_id, user=grant.user, session_id=session_id, now=now
+        )
 
     def session_started(
         self, proxy: ProxySession, grant: Grant, cert: Certificate, recording: str, onward_serial: int | None, peer: str
@@ -568,7 +538,7 @@ class Broker:
 
     def current_krl(self) -> bytes:
         """The KRL hosts should use now: every revoked, unexpired serial of the access and user CAs."""
-        return self.authority.krl(access_ca=self._access_ca.public_key, user_ca=self.user_ca_key).to_bytes()
+        return self.authority.krl(access_ca=self._access_ca_key, user_ca=self.user_ca_key).to_bytes()
 
     def publish_krl(self) -> None:
         """Write the current KRL to ``DATA_DIR/revoked.krl`` for local distribution, atomically.

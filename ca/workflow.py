@@ -19,9 +19,11 @@ from sqlalchemy import ColumnElement, and_, false, func, or_, true
 from sqlmodel import Session, col, select
 
 from .audit import append_event
-from .certs import Certificate, mint_user_certificate
+from .authority import CARole
+from .certs import Certificate
 from .errors import AccessDenied, GrantExpired, InputError, JitSshError, StoreError
 from .inventory import ADMIN, RESERVED_USERS, check_user_name
+from .issuer import Issuer
 from .keys import PublicKey
 from .krl import KRL
 from .policy import AccessQuery, Decision, HostInfo, Policy
@@ -153,12 +155,14 @@ class Authority:
         policy: Policy,
         *,
         user_ca: Signer | None = None,
+        issuer: Issuer | None = None,
         clock: Callable[[], float] = time.time,
         pending_timeout: timedelta = DEFAULT_PENDING_TIMEOUT,
     ) -> None:
+        """``issuer`` signs the certificates (ca/issuer.py); without it, one of this store with ``user_ca``."""
         self.store = store
         self.policy = policy
-        self.user_ca = user_ca
+        self.issuer = issuer if issuer is not None else Issuer(store, user_ca=user_ca, clock=clock)
         self.clock = clock
         self.pending_timeout = pending_timeout
         self.listeners: list[Listener] = []
@@ -585,7 +589,7 @@ class Authority:
         self, request_id: int, *, user: str, public_key: PublicKey
     ) -> tuple[Certificate, RequestView]:
         """Sign ``public_key`` with the user CA for ``user``'s approved request (invariants 1 and 2)."""
-        if self.user_ca is None:
+        if not self.issuer.can_sign(CARole.USER):
             raise JitSshError("this authority has no user CA signer loaded")
         try:
             with self.store.transaction() as session:
@@ -599,32 +603,12 @@ class Authority:
                 if row.state != RequestState.APPROVED or row.starts_at is None or row.expires_at is None:
                     raise AccessDenied(f"request {request_id} is {row.state}, not approved")
                 view = self._view(session, row)
-                serial = self.store.next_serial(session)
-                key_id = f"jit-ssh request={request_id} user={user} serial={serial}"
-                cert = mint_user_certificate(
-                    self.user_ca,
-                    public_key,
-                    principals=list(view.principals),
-                    key_id=key_id,
-                    serial=serial,
+                cert = self.issuer.issue_user(
+                    public_key, request_id=request_id, user=user, principals=list(view.principals),
                     valid_from=datetime.fromtimestamp(row.starts_at, UTC),
                     valid_until=datetime.fromtimestamp(row.expires_at, UTC),
                     max_validity=timedelta(seconds=min(row.duration_s, row.max_duration_s)),
-                    extensions=view.extensions,
-                    now=datetime.fromtimestamp(now, UTC),
-                )
-                session.add(
-                    IssuedCertificate(
-                        serial=serial, request_id=request_id, ca_role="user", subject=user, key_id=key_id,
-                        key_fingerprint=public_key.fingerprint(), principals_json=dumps(list(cert.principals)),
-                        valid_after=cert.valid_after, valid_before=cert.valid_before, created_at=now,
-                    )
-                )  # fmt: skip
-                append_event(
-                    self.store, session, actor=user, action="certificate.issued", subject=f"request:{request_id}",
-                    details={"serial": serial, "key": public_key.fingerprint(), "principals": list(cert.principals),
-                             "valid_after": cert.valid_after, "valid_before": cert.valid_before},
-                    moment=now,
+                    extensions=view.extensions, now=now, session=session,
                 )  # fmt: skip
         except (AccessDenied, InputError) as exc:
             raise self._refuse(user, "certificate.issue", f"request:{request_id}", exc) from None

@@ -16,10 +16,11 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from pathlib import Path
 
-from jit_ssh.ca import CADirectory, CARole, PublicKey, mint_host_certificate, passphrase_from_env
+from jit_ssh.ca import CADirectory, CARole, PublicKey, passphrase_from_env
+from jit_ssh.ca.issuer import Issuer
 from jit_ssh.ca.policy import HostInfo, Policy
 from jit_ssh.ca.rules import host_principals
 from jit_ssh.ca.store import Store
@@ -85,19 +86,9 @@ def build_bundle(
     bundle.files["known_hosts"] = f"@cert-authority * {host_ca}\n".encode()
     cert_name = None
     if host_key is not None:
-        now = datetime.now(UTC)
-        with store.transaction() as session:
-            serial = store.next_serial(session)
-        cert = mint_host_certificate(
-            ca.signer(CARole.HOST, passphrase=passphrase_from_env()),
-            host_key,
-            hostnames=list(dict.fromkeys([name, address])),
-            key_id=f"jit-ssh host {name}",
-            serial=serial,
-            valid_from=now,
-            valid_until=now + validity,
-            max_validity=validity,
-        )
+        issuer = Issuer(store, host_ca=ca.signer(CARole.HOST, passphrase=passphrase_from_env()))
+        hostnames = list(dict.fromkeys([name, address]))
+        cert = issuer.issue_host(host_key, name=name, hostnames=hostnames, validity=validity)
         cert_name = f"{host_key_name}-cert.pub"
         bundle.files[cert_name] = (cert.to_openssh(f"jit-ssh host {name}") + "\n").encode()
     bundle.files["jit-ssh.conf"] = drop_in(prefix=prefix, host_cert=cert_name).encode()

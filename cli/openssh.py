@@ -12,12 +12,11 @@ import signal
 import socket
 import subprocess
 import time
-from collections.abc import Mapping, Sequence
-from datetime import UTC, datetime, timedelta
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
 
-from jit_ssh.ca import KRL, JitSshError, PublicKey, Signer, mint_host_certificate
+from jit_ssh.ca import KRL, Certificate, JitSshError, PublicKey
 
 __all__ = ["LocalSshd", "find_sshd", "free_port", "generate_ssh_key", "ssh_base_options"]
 
@@ -68,7 +67,10 @@ def ssh_base_options(*, known_hosts: Path, host_key_alias: str | None = None) ->
 
 class LocalSshd:
     """A real OpenSSH ``sshd`` on a free loopback port, set up as ``jit-ssh host enroll`` would set up a
-    host: trusting only the access CA, one principals file per login, a KRL, and a host certificate."""
+    host: trusting only the access CA, one principals file per login, a KRL, and a host certificate.
+
+    ``certify_host`` signs the host's key when it is made (the CA's issuer, which keeps a row and an audit
+    event of it, as for an enrolled host); without it the host has no certificate."""
 
     def __init__(
         self,
@@ -77,14 +79,14 @@ class LocalSshd:
         name: str,
         trusted_user_ca: PublicKey,
         principals: Mapping[str, Sequence[str]],
-        host_ca: Signer | None = None,
+        certify_host: Callable[[PublicKey], Certificate] | None = None,
         extra_config: Sequence[str] = (),
     ) -> None:
         self.root = root
         self.name = name
         self.trusted_user_ca = trusted_user_ca
         self.principals = dict(principals)
-        self.host_ca = host_ca
+        self.certify_host = certify_host
         self.extra_config = list(extra_config)
         self.port = 0
         self.process: subprocess.Popen[bytes] | None = None
@@ -127,18 +129,8 @@ class LocalSshd:
             "StrictModes no",
             *self.extra_config,
         ]
-        if self.host_ca is not None:
-            now = datetime.now(UTC)
-            cert = mint_host_certificate(
-                self.host_ca,
-                self.host_key,
-                hostnames=[self.name],
-                key_id=f"host {self.name}",
-                serial=1,
-                valid_from=now,
-                valid_until=now + timedelta(days=1),
-                max_validity=timedelta(days=1),
-            )
+        if self.certify_host is not None:
+            cert = self.certify_host(self.host_key)
             cert_path = self.host_key_path.with_name(self.host_key_path.name + "-cert.pub")
             cert_path.write_text(cert.to_openssh() + "\n", encoding="utf-8")
             lines.append(f"HostCertificate {cert_path}")

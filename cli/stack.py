@@ -7,6 +7,7 @@ and the ``jit-ssh`` CLI and OpenSSH ``ssh`` of each user, with their own keys an
 
 from __future__ import annotations
 
+import functools
 import getpass
 import json
 import os
@@ -16,16 +17,20 @@ import subprocess
 import sys
 import time
 from collections.abc import Mapping, Sequence
+from datetime import timedelta
 from pathlib import Path
 from types import TracebackType
 
-from jit_ssh.ca import CADirectory, CARole, JitSshError, PublicKey
+from jit_ssh.ca import CADirectory, CARole, Certificate, JitSshError, PublicKey
 from jit_ssh.ca.inventory import add_host, add_user
+from jit_ssh.ca.issuer import Issuer
 from jit_ssh.ca.store import Store
 
 from .openssh import LocalSshd, free_port, generate_ssh_key
 
 __all__ = ["DEFAULT_POLICY", "LocalStack"]
+
+_HOST_CERT_VALIDITY = timedelta(days=1)
 
 DEFAULT_POLICY = """\
 # Demo policy: sre members ask, another sre member approves; up to 4 hours.
@@ -46,6 +51,10 @@ max_duration = "4h"
 approvals = 1
 approvers = ["sre"]
 """
+
+
+def _certify_host(issuer: Issuer, name: str, key: PublicKey) -> Certificate:
+    return issuer.issue_host(key, name=name, hostnames=[name], validity=_HOST_CERT_VALIDITY)
 
 
 class LocalStack:
@@ -85,15 +94,6 @@ class LocalStack:
         self.root.mkdir(parents=True, exist_ok=True)
         ca = CADirectory.create(self.ca_dir, passphrase=None, insecure_no_passphrase=True)
         access, host_ca = ca.public_key(CARole.ACCESS), ca.signer(CARole.HOST, passphrase=None)
-        for name in self.host_names:
-            self.hosts[name] = LocalSshd(
-                self.root / "hosts" / name,
-                name=name,
-                trusted_user_ca=access,
-                principals={self.login: [f"{self.login}@{name}"], "ubuntu": [f"ubuntu@{name}"]},
-                host_ca=host_ca,
-                extra_config=self.sshd_config,
-            ).start()
         (self.root / "policy.toml").write_text(self.policy_text, encoding="utf-8")
         self.port = free_port()
         settings = {
@@ -108,6 +108,17 @@ class LocalStack:
         self.data_dir.mkdir(exist_ok=True)
         store = Store(f"sqlite:///{self.data_dir / 'jit-ssh.db'}")
         try:
+            # The hosts' certificates are issued as enrolment issues them: each with its row and audit event.
+            issuer = Issuer(store, host_ca=host_ca)
+            for name in self.host_names:
+                self.hosts[name] = LocalSshd(
+                    self.root / "hosts" / name,
+                    name=name,
+                    trusted_user_ca=access,
+                    principals={self.login: [f"{self.login}@{name}"], "ubuntu": [f"ubuntu@{name}"]},
+                    certify_host=functools.partial(_certify_host, issuer, name),
+                    extra_config=self.sshd_config,
+                ).start()
             for name, sshd in self.hosts.items():
                 add_host(store, name, address="127.0.0.1", port=sshd.port, labels={"env": "prod"})
             for user in self.user_names:

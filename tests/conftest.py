@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import getpass
 import os
 import re
@@ -9,11 +10,12 @@ import subprocess
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
-from jit_ssh.ca import CADirectory, CARole, KeySigner, KeyType, PublicKey
+from jit_ssh.ca import CADirectory, CARole, Certificate, KeySigner, KeyType, PublicKey
+from jit_ssh.ca.certs import mint_host_certificate
 from jit_ssh.ca.signer import generate_private_key
 from jit_ssh.cli.openssh import LocalSshd, generate_ssh_key, ssh_base_options
 
@@ -59,6 +61,9 @@ def sshd_factory(tmp_path: Path) -> Iterator[Callable[..., LocalSshd]]:
     started: list[LocalSshd] = []
 
     def start(name: str = "prod-web-3", **kwargs: object) -> LocalSshd:
+        host_ca = kwargs.pop("host_ca", None)
+        if host_ca is not None:  # a test's own CA signs the host key directly, bypassing the issuer
+            kwargs["certify_host"] = functools.partial(_certify_host, host_ca, name)
         server = LocalSshd(tmp_path / f"sshd-{name}-{len(started)}", name=name, **kwargs)  # type: ignore[arg-type]
         started.append(server)
         return server.start()
@@ -66,6 +71,14 @@ def sshd_factory(tmp_path: Path) -> Iterator[Callable[..., LocalSshd]]:
     yield start
     for server in started:
         server.stop()
+
+
+def _certify_host(host_ca: KeySigner, name: str, key: PublicKey) -> Certificate:
+    now = datetime.now(UTC)
+    return mint_host_certificate(
+        host_ca, key, hostnames=[name], key_id=f"host {name}", serial=1, valid_from=now,
+        valid_until=now + timedelta(days=1), max_validity=timedelta(days=1),
+    )  # fmt: skip
 
 
 # -- shared by the CA unit tests and the OpenSSH end-to-end tests -------------------------------------
