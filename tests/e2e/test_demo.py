@@ -8,9 +8,11 @@ is interrupted with Ctrl-C half way.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import select
+import shutil
 import signal
 import subprocess
 import sys
@@ -18,8 +20,11 @@ import time
 from pathlib import Path
 
 import pytest
+from jit_ssh.ca import Certificate
+from jit_ssh.ca.store import Store
 
 from tests.e2e.stack_fixture import wait_for
+from tests.integration.test_issuer import check_every_certificate_is_accounted_for, kind_of
 
 pytestmark = pytest.mark.e2e
 
@@ -106,3 +111,46 @@ def test_demo_interrupted_with_ctrl_c_still_cleans_up() -> None:
     workdir = _workdir(text)
     assert not workdir.exists()
     assert wait_for(lambda: not _processes_in(workdir), timeout=15, what="the demo's processes to end")
+
+
+def _stop_kept(output: str) -> None:
+    """End the processes a ``demo --keep`` left running, by the ids it printed."""
+    match = re.search(r"Stop it with: kill ([\d ]+);", output)
+    assert match, output
+    pids = [int(pid) for pid in match.group(1).split()]
+    for pid in pids:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGTERM)
+    assert wait_for(lambda: not any(Path(f"/proc/{pid}").exists() for pid in pids), timeout=15, what="them to end")
+
+
+def test_every_certificate_the_demo_signed_has_a_row_and_an_audit_event() -> None:
+    """Issue 11: after the demo, every serial handed out is a row of the store with its own audit event, of
+    every kind the demo signs (the hosts', the broker's own, alice's, the onward one of her session), and
+    every certificate the demo left on disk is one of them."""
+    done = subprocess.run(
+        [str(JIT_SSH), "demo", "--keep"], capture_output=True, text=True, stdin=subprocess.DEVNULL, env=ENV,
+        timeout=180, check=False,
+    )  # fmt: skip
+    output = done.stdout + done.stderr
+    workdir = _workdir(output)
+    try:
+        _stop_kept(output)
+        assert done.returncode == 0, output
+        store = Store(workdir / "data" / "jit-ssh.db")
+        try:
+            rows = check_every_certificate_is_accounted_for(store)
+        finally:
+            store.dispose()
+        kinds = [kind_of(row) for row in rows]
+        assert sorted(set(kinds)) == ["broker", "host", "onward", "user"], kinds
+        assert (kinds.count("host"), kinds.count("broker")) == (2, 1)
+        assert sorted(row.subject for row in rows if kind_of(row) == "host") == ["prod-db-1", "prod-web-3"]
+        by_serial = {row.serial: row for row in rows}
+        on_disk = [Certificate.parse(path.read_text(encoding="utf-8")) for path in workdir.rglob("*-cert.pub")]
+        assert len(on_disk) >= 3, on_disk  # the two hosts' and alice's
+        for cert in on_disk:
+            row = by_serial[cert.serial]
+            assert (row.key_id, row.key_fingerprint) == (cert.key_id, cert.subject.fingerprint())
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
