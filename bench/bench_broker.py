@@ -53,7 +53,8 @@ from pathlib import Path
 
 import asyncssh
 from _report import command, machine, table, write_section
-from jit_ssh.ca import CADirectory, CARole, JitSshError, mint_user_certificate
+from jit_ssh.ca import CADirectory, CARole, JitSshError
+from jit_ssh.ca.certs import mint_user_certificate
 from jit_ssh.cli.openssh import generate_ssh_key
 from jit_ssh.cli.stack import LocalStack
 

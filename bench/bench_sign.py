@@ -25,7 +25,8 @@ import asyncssh
 from _report import command, machine, pin_to_one_core, rate, table, write_section
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519, rsa
-from jit_ssh.ca import Certificate, KeySigner, KeyType, PublicKey, mint_user_certificate
+from jit_ssh.ca import Certificate, KeySigner, KeyType, PublicKey
+from jit_ssh.ca.certs import mint_user_certificate
 from jit_ssh.ca.signer import PrivateKey, generate_private_key
 
 TARGET = 20_000

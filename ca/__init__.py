@@ -1,6 +1,8 @@
 """jit_ssh.ca: the authority. Keys, certificates, KRLs, policy and the record of who may have what.
 
-No network code lives here; the broker and the CLI call into it.
+No network code lives here; the broker and the CLI call into it. Certificates are signed only by
+``jit_ssh.ca.issuer.Issuer``, which keeps a row and an audit event of each; the mint functions it uses
+(``jit_ssh.ca.certs``) are not part of this package's API.
 """
 
 from .authority import PASSPHRASE_ENV, PASSPHRASE_FILE_ENV, CADirectory, CARole, passphrase_from_env
@@ -10,8 +12,6 @@ from .certs import (
     MAX_BACKDATE,
     Certificate,
     CertType,
-    mint_host_certificate,
-    mint_user_certificate,
 )
 from .errors import (
     AccessDenied,
@@ -52,7 +52,5 @@ __all__ = [
     "PublicKey",
     "Signer",
     "StoreError",
-    "mint_host_certificate",
-    "mint_user_certificate",
     "passphrase_from_env",
 ]

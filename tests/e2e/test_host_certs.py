@@ -15,7 +15,8 @@ from pathlib import Path
 
 import asyncssh
 import pytest
-from jit_ssh.ca import Certificate, CertType, KeySigner, KeyType, PublicKey, mint_user_certificate
+from jit_ssh.ca import Certificate, CertType, KeySigner, KeyType, PublicKey
+from jit_ssh.ca.certs import mint_user_certificate
 from jit_ssh.cli.openssh import LocalSshd
 
 pytestmark = pytest.mark.e2e

@@ -31,10 +31,14 @@ from jit_ssh.ca import (
     KeySigner,
     KeyType,
     PublicKey,
+)
+from jit_ssh.ca.certs import (
+    MAX_HOST_VALIDITY,
+    MAX_USER_VALIDITY,
+    Certificate,
     mint_host_certificate,
     mint_user_certificate,
 )
-from jit_ssh.ca.certs import MAX_HOST_VALIDITY, MAX_USER_VALIDITY, Certificate
 from jit_ssh.ca.wire import string
 
 if TYPE_CHECKING:

@@ -21,9 +21,8 @@ from jit_ssh.ca import (
     Certificate,
     CertificateError,
     PublicKey,
-    mint_user_certificate,
 )
-from jit_ssh.ca.certs import mint_host_certificate
+from jit_ssh.ca.certs import mint_host_certificate, mint_user_certificate
 from jit_ssh.ca.grant import (
     Grant,
     GrantFacts,

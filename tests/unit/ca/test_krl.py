@@ -17,8 +17,8 @@ from pathlib import Path
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from jit_ssh.ca import KRL, KeySigner, KeyType, KRLError, PublicKey, mint_user_certificate
-from jit_ssh.ca.certs import Certificate
+from jit_ssh.ca import KRL, KeySigner, KeyType, KRLError, PublicKey
+from jit_ssh.ca.certs import Certificate, mint_user_certificate
 from jit_ssh.ca.krl import KRL_MAGIC
 from jit_ssh.ca.wire import string, uint32, uint64
 

@@ -16,8 +16,8 @@ from importlib.metadata import version
 from pathlib import Path
 
 import pytest
-from jit_ssh.ca import KRL, CADirectory, CAKeyError, CARole, PublicKey, mint_user_certificate
-from jit_ssh.ca.certs import Certificate
+from jit_ssh.ca import KRL, CADirectory, CAKeyError, CARole, PublicKey
+from jit_ssh.ca.certs import Certificate, mint_user_certificate
 
 JIT_SSH = str(Path(sys.executable).with_name("jit-ssh"))
 PASSPHRASE = "cli test passphrase"
