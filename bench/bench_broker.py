@@ -55,8 +55,8 @@ import asyncssh
 from _report import command, machine, table, write_section
 from jit_ssh.ca import CADirectory, CARole, JitSshError
 from jit_ssh.ca.certs import mint_user_certificate
+from jit_ssh.cli.bastion.stack import LocalStack
 from jit_ssh.cli.openssh import generate_ssh_key
-from jit_ssh.cli.stack import LocalStack
 
 MIB = 1 << 20
 HOST = "prod-web-3"

@@ -56,7 +56,7 @@ from bench_broker import (
     timed,
 )
 from jit_ssh.ca import JitSshError
-from jit_ssh.cli.stack import LocalStack
+from jit_ssh.cli.bastion.stack import LocalStack
 
 TARGET_REVOKE_S = 1.0
 TARGET_STATUS_P99_MS = 100.0

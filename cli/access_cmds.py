@@ -14,7 +14,7 @@ from jit_ssh.ca.validate import parse_duration
 from rich.status import Status
 from rich.text import Text
 
-from .admin_cmds import local_authority, publish_krl
+from .bastion.admin_cmds import local_authority, publish_krl
 from .client import ControlClient, call, run_async
 from .files import write_atomic
 from .output import console, emit_json, error_console, plain

@@ -10,7 +10,8 @@ from typing import Annotated
 import typer
 from jit_ssh.ca import JitSshError
 
-from . import access_cmds, admin_cmds, ca_cmds, config_cmds, connect_cmd, demo, review_cmds
+from . import access_cmds, ca_cmds, config_cmds, connect_cmd
+from .bastion import admin_cmds, demo, review_cmds
 from .output import print_error
 
 __all__ = ["app", "run"]

@@ -29,7 +29,7 @@ from jit_ssh.broker.recording.asciicast import to_asciicast
 from jit_ssh.broker.recording.format import Frame, read_recording
 from jit_ssh.ca import Certificate, PublicKey, Signer
 from jit_ssh.ca.certs import mint_user_certificate
-from jit_ssh.cli.stack import LocalStack
+from jit_ssh.cli.bastion.stack import LocalStack
 
 from tests.e2e.asciicast_rules import check_v2
 

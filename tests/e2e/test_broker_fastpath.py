@@ -19,7 +19,7 @@ from typing import Any
 
 import pytest
 from jit_ssh.broker import fastpath
-from jit_ssh.cli.stack import LocalStack
+from jit_ssh.cli.bastion.stack import LocalStack
 
 from tests.e2e.stack_fixture import (
     ended_session,

@@ -16,7 +16,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from jit_ssh.cli.stack import LocalStack
+from jit_ssh.cli.bastion.stack import LocalStack
 
 from tests.e2e.stack_fixture import PtyClient, ended_session, granted, ssh_argv, wait_for
 

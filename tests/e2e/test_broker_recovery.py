@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from jit_ssh.cli.stack import LocalStack
+from jit_ssh.cli.bastion.stack import LocalStack
 
 from tests.e2e.stack_fixture import (
     PtyClient,

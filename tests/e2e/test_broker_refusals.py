@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 from jit_ssh.ca import CADirectory, CARole, KeySigner, KeyType
 from jit_ssh.ca.signer import generate_private_key
-from jit_ssh.cli.stack import DEFAULT_POLICY, LocalStack
+from jit_ssh.cli.bastion.stack import DEFAULT_POLICY, LocalStack
 
 from tests.e2e.stack_fixture import (
     audit_events,

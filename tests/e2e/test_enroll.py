@@ -29,10 +29,10 @@ from pathlib import Path
 
 import pytest
 from jit_ssh.ca import KRL, CADirectory, CARole
+from jit_ssh.cli.bastion.stack import LocalStack
 from jit_ssh.cli.connect_cmd import build_ssh_argv
 from jit_ssh.cli.openssh import find_sshd, free_port, ssh_base_options
 from jit_ssh.cli.settings import Settings
-from jit_ssh.cli.stack import LocalStack
 
 from tests.e2e.stack_fixture import (
     ended_session,

@@ -26,7 +26,7 @@ from pathlib import Path
 
 import pytest
 from jit_ssh.broker.recording.format import MAGIC, encode_frame
-from jit_ssh.cli.stack import LocalStack
+from jit_ssh.cli.bastion.stack import LocalStack
 
 from tests.e2e.asciicast_rules import CastError, check_v2, check_v3
 from tests.e2e.stack_fixture import (

@@ -21,7 +21,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import pytest
-from jit_ssh.cli.stack import LocalStack
+from jit_ssh.cli.bastion.stack import LocalStack
 
 from tests.e2e.stack_fixture import wait_for
 from tests.e2e.test_enroll import ENROLL_HOST, HostRoot, make_root

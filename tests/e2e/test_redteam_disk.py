@@ -39,7 +39,7 @@ from typing import Any
 
 import pytest
 from jit_ssh.broker.recording.format import RecordingFormatError, read_recording
-from jit_ssh.cli.stack import LocalStack
+from jit_ssh.cli.bastion.stack import LocalStack
 
 from tests.e2e.stack_fixture import granted, just_before, live_shell, session_rows, ssh_argv, started_stack, wait_for
 

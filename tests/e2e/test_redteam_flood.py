@@ -35,7 +35,7 @@ from collections.abc import Iterator
 
 import asyncssh
 import pytest
-from jit_ssh.cli.stack import LocalStack
+from jit_ssh.cli.bastion.stack import LocalStack
 
 from tests.e2e.stack_fixture import (
     cached_certificate,

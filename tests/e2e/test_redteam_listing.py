@@ -18,7 +18,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import pytest
-from jit_ssh.cli.stack import LocalStack
+from jit_ssh.cli.bastion.stack import LocalStack
 
 from tests.e2e.stack_fixture import ended_session, granted, indexed, just_before, run_ssh, ssh_argv, started_stack
 

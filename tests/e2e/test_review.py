@@ -26,8 +26,8 @@ from typing import Any
 
 import pytest
 from jit_ssh.broker.recording.format import read_recording
+from jit_ssh.cli.bastion.stack import DEFAULT_POLICY, LocalStack
 from jit_ssh.cli.player import sanitize, schedule
-from jit_ssh.cli.stack import DEFAULT_POLICY, LocalStack
 
 from tests.e2e.stack_fixture import (
     PtyClient,

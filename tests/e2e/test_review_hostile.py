@@ -15,7 +15,7 @@ import time
 from collections.abc import Iterator
 
 import pytest
-from jit_ssh.cli.stack import LocalStack
+from jit_ssh.cli.bastion.stack import LocalStack
 
 from tests.e2e.stack_fixture import ended_session, run_ssh, ssh_argv, started_stack, wait_for
 

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 from jit_ssh.ca import KRL, CADirectory, CARole
-from jit_ssh.cli.stack import DEFAULT_POLICY, LocalStack
+from jit_ssh.cli.bastion.stack import DEFAULT_POLICY, LocalStack
 
 from tests.e2e.stack_fixture import (
     audit_events,

@@ -28,8 +28,8 @@ from jit_ssh.broker.server import Broker
 from jit_ssh.ca import CADirectory, CARole, PublicKey
 from jit_ssh.ca.inventory import add_host, add_user
 from jit_ssh.ca.store import Store
+from jit_ssh.cli.bastion.stack import DEFAULT_POLICY
 from jit_ssh.cli.openssh import generate_ssh_key, ssh_base_options
-from jit_ssh.cli.stack import DEFAULT_POLICY
 
 __all__ = [
     "HOSTS",

@@ -16,7 +16,7 @@ from jit_ssh.ca.audit import verify_chain
 from jit_ssh.ca.issuer import ACTIONS, Issuer, OnwardTerms
 from jit_ssh.ca.policy import Policy
 from jit_ssh.ca.store import AccessRequest, AuditEvent, Counter, IssuedCertificate, Store, User, loads
-from jit_ssh.cli.enroll import build_bundle
+from jit_ssh.cli.bastion.enroll import build_bundle
 from sqlmodel import col, select
 
 from tests.integration.broker_fixture import POLICY

@@ -33,9 +33,9 @@ from rich.table import Table
 from rich.text import Text
 from sqlmodel import func, select
 
+from ..files import write_atomic
+from ..output import console, emit_json, plain, printable
 from .enroll import build_bundle
-from .files import write_atomic
-from .output import console, emit_json, plain, printable
 
 __all__ = ["local_authority", "publish_krl", "register"]
 

@@ -38,12 +38,12 @@ from jit_ssh.ca.validate import parse_duration
 from rich.table import Table
 from rich.text import Text
 
-from .client import ControlClient, call, run_async
-from .files import write_stream_atomic
-from .output import console, emit_json, error_console, plain, printable
-from .player import TtyKeys, play, sanitize, schedule
-from .settings import Settings
-from .views import when
+from ..client import ControlClient, call, run_async
+from ..files import write_stream_atomic
+from ..output import console, emit_json, error_console, plain, printable
+from ..player import TtyKeys, play, sanitize, schedule
+from ..settings import Settings
+from ..views import when
 
 __all__ = ["register"]
 

@@ -24,7 +24,7 @@ import typer
 from jit_ssh.ca import JitSshError
 from rich.markup import escape
 
-from .output import console, step
+from ..output import console, step
 from .stack import LocalStack
 
 __all__ = ["demo"]

@@ -26,7 +26,7 @@ from jit_ssh.ca.inventory import add_host, add_user
 from jit_ssh.ca.issuer import Issuer
 from jit_ssh.ca.store import Store
 
-from .openssh import LocalSshd, free_port, generate_ssh_key
+from ..openssh import LocalSshd, free_port, generate_ssh_key
 
 __all__ = ["DEFAULT_POLICY", "LocalStack"]
 
