@@ -17,7 +17,7 @@ from .audit import append_event
 from .errors import AccessDenied, InputError
 from .keys import PublicKey
 from .store import Host, Store, User, UserKey, dumps
-from .validate import check_hostname
+from .validate import ADMIN, check_hostname, check_user_name
 
 __all__ = [
     "HostEntry",
@@ -30,22 +30,8 @@ __all__ = [
     "user_for_key",
 ]
 
-_USER = re.compile(r"[a-z][a-z0-9_.-]{0,31}")
 _GROUP = re.compile(r"[a-z][a-z0-9_-]{0,31}")
 _LABEL = re.compile(r"[A-Za-z0-9_.-]{1,63}")
-ADMIN = "admin"
-RESERVED_USERS = frozenset({ADMIN, "jit-ssh", "policy"})
-
-
-def check_user_name(name: str) -> str:
-    # No '@': the broker reads a user name with '@' as LOGIN@HOST, a session target.
-    if not _USER.fullmatch(name):
-        raise InputError(f"expected a user name ([a-z][a-z0-9_.-]*, at most 32), found {name[:40]!r}")
-    # The audit log's own actors: an enrolled "admin" would pass as the bastion's operator (who may
-    # revoke any grant), and "policy" or "jit-ssh" would blur who decided what.
-    if name in RESERVED_USERS:
-        raise InputError(f"user name {name!r} is reserved for jit-ssh's own audit entries; choose another")
-    return name
 
 
 def parse_labels(text: str) -> dict[str, str]:

@@ -30,10 +30,10 @@ from .audit import append_event
 from .authority import CARole
 from .certs import Certificate, mint_host_certificate, mint_user_certificate
 from .errors import JitSshError
-from .inventory import ADMIN
 from .keys import PublicKey
 from .signer import Signer
 from .store import IssuedCertificate, Store, dumps
+from .validate import ADMIN
 
 __all__ = ["ACTIONS", "Issuer", "OnwardTerms"]
 

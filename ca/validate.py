@@ -9,17 +9,23 @@ from datetime import timedelta
 from .errors import InputError
 
 __all__ = [
+    "ADMIN",
     "MAX_PRINCIPALS",
+    "RESERVED_USERS",
     "check_hostname",
     "check_key_id",
     "check_login",
     "check_principal",
+    "check_user_name",
     "format_duration",
     "parse_duration",
     "target_principal",
 ]
 
 MAX_PRINCIPALS = 256
+ADMIN = "admin"
+RESERVED_USERS = frozenset({ADMIN, "jit-ssh", "policy"})
+_USER = re.compile(r"[a-z][a-z0-9_.-]{0,31}")
 _HOST_LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
 _HOSTNAME = re.compile(rf"{_HOST_LABEL}(?:\.{_HOST_LABEL})*")
 # POSIX portable user names as useradd accepts them, without the trailing '$' of machine accounts.
@@ -42,6 +48,17 @@ def check_hostname(value: str) -> str:
     if len(value) > 253 or not _HOSTNAME.fullmatch(value):
         raise InputError(f"expected a host name (letters, digits, '-', '.'), found {_shown(value)}")
     return value
+
+
+def check_user_name(name: str) -> str:
+    # No '@': the broker reads a user name with '@' as LOGIN@HOST, a session target.
+    if not _USER.fullmatch(name):
+        raise InputError(f"expected a user name ([a-z][a-z0-9_.-]*, at most 32), found {name[:40]!r}")
+    # The audit log's own actors: an enrolled "admin" would pass as the bastion's operator (who may
+    # revoke any grant), and "policy" or "jit-ssh" would blur who decided what.
+    if name in RESERVED_USERS:
+        raise InputError(f"user name {name!r} is reserved for jit-ssh's own audit entries; choose another")
+    return name
 
 
 def check_login(value: str) -> str:

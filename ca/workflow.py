@@ -22,14 +22,21 @@ from .audit import append_event
 from .authority import CARole
 from .certs import Certificate
 from .errors import AccessDenied, GrantExpired, InputError, JitSshError, StoreError
-from .inventory import ADMIN, RESERVED_USERS, check_user_name
 from .issuer import Issuer
 from .keys import PublicKey
 from .krl import KRL
 from .policy import AccessQuery, Decision, HostInfo, Policy
 from .signer import Signer
 from .store import AccessRequest, Approval, Host, IssuedCertificate, Store, User, dumps, loads
-from .validate import check_hostname, check_login, format_duration, target_principal
+from .validate import (
+    ADMIN,
+    RESERVED_USERS,
+    check_hostname,
+    check_login,
+    check_user_name,
+    format_duration,
+    target_principal,
+)
 
 __all__ = ["LIST_LIMIT", "MAX_REASON", "MAX_TICKET", "Authority", "RequestState", "RequestView"]
 

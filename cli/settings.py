@@ -14,8 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from jit_ssh.ca import ConfigError, InputError
-from jit_ssh.ca.inventory import check_user_name
-from jit_ssh.ca.validate import check_login
+from jit_ssh.ca.validate import check_login, check_user_name
 
 from .files import write_atomic
 
