@@ -8,13 +8,11 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from jit_ssh.broker.config import BrokerConfig
 from jit_ssh.ca import AccessDenied, Certificate, JitSshError, PublicKey
 from jit_ssh.ca.validate import parse_duration
 from rich.status import Status
 from rich.text import Text
 
-from .bastion.admin_cmds import local_authority, publish_krl
 from .client import ControlClient, call, run_async
 from .files import write_atomic
 from .output import console, emit_json, error_console, plain
@@ -202,16 +200,10 @@ def register(app: typer.Typer) -> None:
         if config is None:
             decision("revoke", {"id": request_id, **({"reason": reason} if reason else {})}, as_json)
             return
-        # Brokers poll the store every second and close the grant's sessions; the KRL they serve is
-        # computed from the store on each fetch, so it changes at once too, and so does DATA_DIR/revoked.krl.
-        cfg = BrokerConfig.load(config)
-        authority = local_authority(cfg)
-        view, serials = authority.revoke(request_id, actor="admin", reason=reason)
-        publish_krl(cfg, authority)
-        if as_json:
-            emit_json({**view.as_dict(), "revoked_serials": serials})
-        else:
-            console.print(plain(f"Request {view.id} is now {view.state.value} ({len(serials)} certificate(s) revoked)"))
+        # On the bastion, as its admin: the one engineer's command with a mode that needs the store.
+        from .bastion.admin_cmds import revoke_as_admin  # noqa: PLC0415 - loads the store only for --config
+
+        revoke_as_admin(config, request_id, reason=reason, as_json=as_json)
 
     @app.command("cert")
     def cert_cmd(

@@ -4,17 +4,60 @@ from __future__ import annotations
 
 import sys
 import traceback
+from collections.abc import Mapping
 from importlib.metadata import PackageNotFoundError, version
-from typing import Annotated
+from typing import Annotated, ClassVar
 
 import typer
 from jit_ssh.ca import JitSshError
 
 from . import access_cmds, ca_cmds, config_cmds, connect_cmd
-from .bastion import admin_cmds, demo, review_cmds
+from .lazy import Lazy, LazyGroup
 from .output import print_error
 
 __all__ = ["app", "run"]
+
+_ON_BASTION = "jit_ssh.cli.bastion"
+
+
+class _Commands(LazyGroup):
+    """``jit-ssh``'s commands. Those of the bastion (its store, broker and recordings) are named here with the
+    line ``jit-ssh --help`` shows, and load only when they run: the engineer's commands never import them.
+    tests/unit/cli/test_lazy.py checks each line against the command's own help."""
+
+    lazy: ClassVar[Mapping[str, Lazy]] = {
+        "demo": Lazy(
+            f"{_ON_BASTION}.demo:demo", "Run jit-ssh end to end on this machine, in a temporary folder, and clean up."
+        ),
+        "serve": Lazy(
+            f"{_ON_BASTION}.admin_cmds:serve", "Run the broker (control plane and recording proxy) until SIGTERM."
+        ),
+        "export": Lazy(
+            f"{_ON_BASTION}.review_cmds:export",
+            "Write a session as a standard asciicast file (asciinema play/cat and asciinema-player read it).",
+        ),
+        "replay": Lazy(
+            f"{_ON_BASTION}.review_cmds:replay",
+            "Play a recording in this terminal with its timing (space pauses, q quits); follows a live one.",
+        ),
+        "watch": Lazy(
+            f"{_ON_BASTION}.review_cmds:watch",
+            "A live, read-only view of an active session (the user is told they are watched).",
+        ),
+        "user": Lazy(f"{_ON_BASTION}.admin_cmds:user_app", "Enrolled users (on the bastion)."),
+        "host": Lazy(f"{_ON_BASTION}.admin_cmds:host_app", "The host inventory (on the bastion)."),
+        "audit": Lazy(f"{_ON_BASTION}.admin_cmds:audit_app", "The hash-chained audit log (on the bastion)."),
+        "policy": Lazy(f"{_ON_BASTION}.admin_cmds:policy_app", "Check and explain the access policy."),
+        "sessions": Lazy(
+            f"{_ON_BASTION}.review_cmds:sessions_app", "Recorded sessions: list, search, show, verify, prune."
+        ),
+    }
+    # The order of `jit-ssh --help`: commands, then groups.
+    order = (
+        "demo", "request", "requests", "status", "approve", "deny", "cancel", "revoke", "cert", "connect",
+        "serve", "export", "replay", "watch", "ca", "config", "user", "host", "audit", "policy", "sessions",
+    )  # fmt: skip
+
 
 app = typer.Typer(
     name="jit-ssh",
@@ -22,14 +65,12 @@ app = typer.Typer(
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     add_completion=True,
+    cls=_Commands,
 )
 app.add_typer(ca_cmds.app, name="ca")
 app.add_typer(config_cmds.app, name="config")
-app.command("demo")(demo.demo)
 access_cmds.register(app)
 app.command("connect")(connect_cmd.connect)
-admin_cmds.register(app)
-review_cmds.register(app)
 
 
 def _version() -> str:
@@ -62,7 +103,7 @@ _GLOBAL_FLAGS = frozenset({"--verbose", "-v", "--version", "--help", "--install-
 def route_host(args: list[str]) -> list[str]:
     """``jit-ssh HOST ...`` means ``jit-ssh connect HOST ...``: a first word that is not a subcommand
     is a host. A host named like a subcommand is reached with ``jit-ssh connect HOST``."""
-    commands = {c.name for c in app.registered_commands} | {g.name for g in app.registered_groups}
+    commands = set(_Commands.order)
     for index, word in enumerate(args):
         if word in _GLOBAL_FLAGS:
             continue

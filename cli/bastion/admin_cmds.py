@@ -37,7 +37,16 @@ from ..files import write_atomic
 from ..output import console, emit_json, plain, printable
 from .enroll import build_bundle
 
-__all__ = ["local_authority", "publish_krl", "register"]
+__all__ = [
+    "audit_app",
+    "host_app",
+    "local_authority",
+    "policy_app",
+    "publish_krl",
+    "revoke_as_admin",
+    "serve",
+    "user_app",
+]
 
 ConfigOption = Annotated[
     Path | None,
@@ -81,6 +90,20 @@ def publish_krl(config: BrokerConfig, authority: Authority) -> Path:
     target = config.data_dir / "revoked.krl"
     write_atomic(target, krl.to_bytes(), mode=0o644)
     return target
+
+
+def revoke_as_admin(config: Path, request_id: int, *, reason: str | None, as_json: bool) -> None:
+    """``jit-ssh revoke --config``: the bastion's admin revokes through the store, and rewrites the KRL."""
+    # Brokers poll the store every second and close the grant's sessions; the KRL they serve is
+    # computed from the store on each fetch, so it changes at once too, and so does DATA_DIR/revoked.krl.
+    cfg = BrokerConfig.load(config)
+    authority = local_authority(cfg)
+    view, serials = authority.revoke(request_id, actor="admin", reason=reason)
+    publish_krl(cfg, authority)
+    if as_json:
+        emit_json({**view.as_dict(), "revoked_serials": serials})
+    else:
+        console.print(plain(f"Request {view.id} is now {view.state.value} ({len(serials)} certificate(s) revoked)"))
 
 
 def _read_key(path: Path) -> PublicKey:
@@ -376,21 +399,14 @@ class _JsonFormatter(logging.Formatter):
         return json.dumps(entry)
 
 
-def register(app: typer.Typer) -> None:
-    app.add_typer(user_app, name="user")
-    app.add_typer(host_app, name="host")
-    app.add_typer(audit_app, name="audit")
-    app.add_typer(policy_app, name="policy")
-
-    @app.command("serve")
-    def serve(config: ConfigOption = None) -> None:
-        """Run the broker (control plane and recording proxy) until SIGTERM."""
-        cfg = _config(config)
-        handler = logging.StreamHandler(sys.stderr)
-        if cfg.log_format == "json":
-            handler.setFormatter(_JsonFormatter())
-        else:
-            handler.setFormatter(_TextFormatter())
-        logging.basicConfig(level=cfg.log_level, handlers=[handler])
-        broker = Broker(cfg, passphrase=passphrase_from_env())
-        asyncio.run(broker.serve_forever())
+def serve(config: ConfigOption = None) -> None:
+    """Run the broker (control plane and recording proxy) until SIGTERM."""
+    cfg = _config(config)
+    handler = logging.StreamHandler(sys.stderr)
+    if cfg.log_format == "json":
+        handler.setFormatter(_JsonFormatter())
+    else:
+        handler.setFormatter(_TextFormatter())
+    logging.basicConfig(level=cfg.log_level, handlers=[handler])
+    broker = Broker(cfg, passphrase=passphrase_from_env())
+    asyncio.run(broker.serve_forever())

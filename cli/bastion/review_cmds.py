@@ -45,7 +45,7 @@ from ..player import TtyKeys, play, sanitize, schedule
 from ..settings import Settings
 from ..views import when
 
-__all__ = ["register"]
+__all__ = ["export", "replay", "sessions_app", "watch"]
 
 ConfigOption = Annotated[
     Path | None, typer.Option("--config", help="On the bastion: read the broker's store directly (admins).")
@@ -331,55 +331,49 @@ def _lines(
     return _remote_lines(verb, args)
 
 
-def register(app: typer.Typer) -> None:
-    app.add_typer(sessions_app, name="sessions")
+def export(
+    session_id: Annotated[str, typer.Argument()],
+    output: Annotated[Path, typer.Option("-o", "--output", help="FILE.cast")],
+    cast_format: Annotated[
+        CastFormat, typer.Option("--format", help="asciicast v2 (asciinema 2 and 3 read it) or v3 (asciinema 3).")
+    ] = CastFormat.V2,
+    config: ConfigOption = None,
+) -> None:
+    """Write a session as a standard asciicast file (asciinema play/cat and asciinema-player read it).
 
-    @app.command("export")
-    def export(
-        session_id: Annotated[str, typer.Argument()],
-        output: Annotated[Path, typer.Option("-o", "--output", help="FILE.cast")],
-        cast_format: Annotated[
-            CastFormat, typer.Option("--format", help="asciicast v2 (asciinema 2 and 3 read it) or v3 (asciinema 3).")
-        ] = CastFormat.V2,
-        config: ConfigOption = None,
-    ) -> None:
-        """Write a session as a standard asciicast file (asciinema play/cat and asciinema-player read it).
+    Terminal output and input are events; the exec command, environment, file operations, signals,
+    jit-ssh's notices, the end and the exit status are markers (v3: the exit status is also its exit
+    event). Text that is not UTF-8 is shown as U+FFFD: the recording on the bastion keeps the exact
+    bytes, and `jit-ssh sessions verify` checks it against its digest.
+    """
 
-        Terminal output and input are events; the exec command, environment, file operations, signals,
-        jit-ssh's notices, the end and the exit status are markers (v3: the exit status is also its exit
-        event). Text that is not UTF-8 is shown as U+FFFD: the recording on the bastion keeps the exact
-        bytes, and `jit-ssh sessions verify` checks it against its digest.
-        """
+    lines = _lines(config, session_id, verb="export", follow=False, purpose="export", cast_format=cast_format)
+    size = run_async(write_stream_atomic(output, lines, mode=0o600))
+    console.print(plain(f"Wrote {output} ({_size(size)})"))
 
-        lines = _lines(config, session_id, verb="export", follow=False, purpose="export", cast_format=cast_format)
-        size = run_async(write_stream_atomic(output, lines, mode=0o600))
-        console.print(plain(f"Wrote {output} ({_size(size)})"))
 
-    @app.command("replay")
-    def replay(
-        session_id: Annotated[str, typer.Argument()],
-        speed: Annotated[float, typer.Option("--speed", help="Playback speed factor.")] = 1.0,
-        idle_limit: Annotated[str | None, typer.Option("--idle-limit", help="Cap pauses, e.g. 2s.")] = None,
-        start: Annotated[str | None, typer.Option("--from", help="Start at, e.g. 1m30s.")] = None,
-        raw: Annotated[
-            bool, typer.Option("--raw", help="Play the bytes as recorded (unsafe for your terminal).")
-        ] = False,
-        config: ConfigOption = None,
-    ) -> None:
-        """Play a recording in this terminal with its timing (space pauses, q quits); follows a live one."""
-        if not 0.01 <= speed <= 1000:
-            raise InputError("--speed must be between 0.01 and 1000")
-        limit = parse_duration(idle_limit).total_seconds() if idle_limit else None
-        offset = parse_duration(start).total_seconds() if start else 0.0
-        lines = _lines(config, session_id, verb="export", follow=True, purpose="replay")
-        _play_stream(lines, speed=speed, idle_limit=limit, start=offset, raw=raw)
+def replay(
+    session_id: Annotated[str, typer.Argument()],
+    speed: Annotated[float, typer.Option("--speed", help="Playback speed factor.")] = 1.0,
+    idle_limit: Annotated[str | None, typer.Option("--idle-limit", help="Cap pauses, e.g. 2s.")] = None,
+    start: Annotated[str | None, typer.Option("--from", help="Start at, e.g. 1m30s.")] = None,
+    raw: Annotated[bool, typer.Option("--raw", help="Play the bytes as recorded (unsafe for your terminal).")] = False,
+    config: ConfigOption = None,
+) -> None:
+    """Play a recording in this terminal with its timing (space pauses, q quits); follows a live one."""
+    if not 0.01 <= speed <= 1000:
+        raise InputError("--speed must be between 0.01 and 1000")
+    limit = parse_duration(idle_limit).total_seconds() if idle_limit else None
+    offset = parse_duration(start).total_seconds() if start else 0.0
+    lines = _lines(config, session_id, verb="export", follow=True, purpose="replay")
+    _play_stream(lines, speed=speed, idle_limit=limit, start=offset, raw=raw)
 
-    @app.command("watch")
-    def watch(session_id: Annotated[str, typer.Argument()], config: ConfigOption = None) -> None:
-        """A live, read-only view of an active session (the user is told they are watched)."""
-        lines = _lines(config, session_id, verb="watch", follow=True, purpose="watch")
-        # Everything so far at once (no pauses), then live as it comes.
-        _play_stream(lines, speed=1.0, idle_limit=0.0, start=0.0, raw=False)
+
+def watch(session_id: Annotated[str, typer.Argument()], config: ConfigOption = None) -> None:
+    """A live, read-only view of an active session (the user is told they are watched)."""
+    lines = _lines(config, session_id, verb="watch", follow=True, purpose="watch")
+    # Everything so far at once (no pauses), then live as it comes.
+    _play_stream(lines, speed=1.0, idle_limit=0.0, start=0.0, raw=False)
 
 
 def _play_stream(
