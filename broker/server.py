@@ -82,8 +82,6 @@ _ONWARD_TIMEOUT = 15.0
 #: share of one source (a peer address or a user); the rest is counted in one summary (refusals.py).
 REFUSAL_BURST = 60
 REFUSAL_PER_SOURCE = 30
-#: Channels one client connection may have open or opening at once (sshd's own MaxSessions is 10).
-MAX_CHANNELS_PER_CONNECTION = 10
 #: Control commands one user may have running at once (more wait their turn); and streams (export, watch:
 #: they may last as long as a session, so more are refused).
 MAX_COMMANDS_PER_USER = 4

@@ -31,9 +31,12 @@ from .tcp import quick_acks
 if TYPE_CHECKING:
     from .server import Broker
 
-__all__ = ["ClientConnection"]
+__all__ = ["MAX_CHANNELS_PER_CONNECTION", "ClientConnection"]
 
 log = logging.getLogger("jit_ssh.broker.session")
+
+#: Channels one client connection may have open or opening at once (sshd's own MaxSessions is 10).
+MAX_CHANNELS_PER_CONNECTION = 10
 
 
 def _retrieve(task: asyncio.Task[Any]) -> None:
@@ -163,8 +166,6 @@ class ClientConnection(asyncssh.SSHServer):
 
     def session_requested(self) -> asyncssh.SSHServerSession[bytes] | bool:
         """A new channel: refused before any other work beyond what one connection and one user may hold."""
-        from .server import MAX_CHANNELS_PER_CONNECTION  # noqa: PLC0415 - a cycle otherwise
-
         if self.grant is None and self.user is None:
             return False
         if self.channels >= MAX_CHANNELS_PER_CONNECTION:
