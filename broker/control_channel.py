@@ -11,17 +11,15 @@ import contextlib
 import json
 import logging
 from collections.abc import Callable, Coroutine
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import asyncssh
 from jit_ssh.ca import InputError, JitSshError
 
 from .control import MAX_ARGUMENTS, STREAM_VERBS, error_reply, parse_arguments
+from .ports import ControlBroker
 from .recording.asciicast import AsciicastWriter, CastFormat
 from .recording.format import follow_frames
-
-if TYPE_CHECKING:
-    from .server import Broker
 
 __all__ = ["ControlSession"]
 
@@ -32,7 +30,7 @@ _STDIN_TIMEOUT = 30.0
 class ControlSession(asyncssh.SSHServerSession[bytes]):
     """One control command: ``VERB`` with JSON arguments inline or on stdin (read to EOF, bounded)."""
 
-    def __init__(self, broker: Broker, user: str, on_closed: Callable[[], None] | None = None) -> None:
+    def __init__(self, broker: ControlBroker, user: str, on_closed: Callable[[], None] | None = None) -> None:
         self.broker = broker
         self.user = user
         self._on_closed = on_closed

@@ -19,19 +19,17 @@ import contextlib
 import logging
 import time
 from collections.abc import Callable, Mapping
-from typing import TYPE_CHECKING, Any, cast
+from typing import Any, Protocol, cast
 
 import asyncssh
 from asyncssh.connection import SSHConnection
+from jit_ssh.ca.grant import Grant
 
 from . import fastpath
 from .recording.recorder import Recorder, RecordingError
 from .sftp import SftpObserver
 
-if TYPE_CHECKING:
-    from .session import ClientConnection
-
-__all__ = ["LOCALE_ENV", "Onward", "ProxySession", "allowed_env"]
+__all__ = ["LOCALE_ENV", "Connection", "Onward", "ProxySession", "allowed_env"]
 
 log = logging.getLogger("jit_ssh.broker.proxy")
 
@@ -140,10 +138,37 @@ class Onward(asyncssh.SSHClientSession[bytes]):
         self.proxy.resume_client()
 
 
+class RefusalAudit(Protocol):
+    """The one thing a session channel asks of the broker itself: to audit a failed session."""
+
+    def audit_refusal(
+        self, action: str, subject: str, details: Mapping[str, Any], source: str | None = None, actor: str = "jit-ssh"
+    ) -> None: ...
+
+
+class Connection(Protocol):
+    """What a session channel needs of its client connection (:class:`~jit_ssh.broker.session.ClientConnection`)."""
+
+    @property
+    def grant(self) -> Grant | None: ...
+
+    @property
+    def peer(self) -> str: ...
+
+    @property
+    def broker(self) -> RefusalAudit: ...
+
+    async def open_channel(self, proxy: ProxySession) -> None: ...
+
+    def channel_finished(self, proxy: ProxySession) -> None: ...
+
+    def channel_closed(self, session: object) -> None: ...
+
+
 class ProxySession(asyncssh.SSHServerSession[bytes]):
     """The client side of one bridged channel; also the unit of recording and enforcement."""
 
-    def __init__(self, client: ClientConnection) -> None:
+    def __init__(self, client: Connection) -> None:
         self.client = client
         self.chan: asyncssh.SSHServerChannel[bytes] | None = None
         self.onward_chan: asyncssh.SSHClientChannel[bytes] | None = None

@@ -17,19 +17,17 @@ import logging
 import secrets
 import time
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import asyncssh
 from jit_ssh.ca import AccessDenied, Certificate, CertificateError, InputError, JitSshError, PublicKey
 from jit_ssh.ca.grant import Grant
 
+from .ports import SessionBroker
 from .proxy import Onward, ProxySession, allowed_env
 from .recording.recorder import FULL, Recorder
 from .refusals import source_of
 from .tcp import quick_acks
-
-if TYPE_CHECKING:
-    from .server import Broker
 
 __all__ = ["MAX_CHANNELS_PER_CONNECTION", "ClientConnection"]
 
@@ -70,7 +68,7 @@ def new_session_id() -> str:
 class ClientConnection(asyncssh.SSHServer):
     """Authentication decisions (each denying by default) and the channels of one connection."""
 
-    def __init__(self, broker: Broker) -> None:
+    def __init__(self, broker: SessionBroker) -> None:
         self.broker = broker
         self.conn: asyncssh.SSHServerConnection | None = None
         self.peer = "?"
