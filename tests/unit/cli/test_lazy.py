@@ -19,25 +19,25 @@ def _first_paragraph(text: str | None) -> str:
 def test_each_lazy_line_is_the_first_paragraph_of_the_commands_own_help() -> None:
     root = typer.main.get_command(app)
     for name, lazy in _Commands.lazy.items():
-        command = root.commands[name]  # type: ignore[attr-defined]
+        command = root.commands[name]
         assert command.name == name
         assert lazy.line == _first_paragraph(command.help), name
 
 
 def test_the_listing_shows_the_line_and_running_loads_the_command() -> None:
     root = typer.main.get_command(app)
-    stand_in = root.get_command(None, "user")  # type: ignore[attr-defined, arg-type]
+    stand_in = root.get_command(None, "user")
     assert stand_in.help == "Enrolled users (on the bastion)."
     assert not hasattr(stand_in, "commands")  # a stand-in only: nothing loaded for a listing
-    loaded = root.commands["user"]  # type: ignore[attr-defined]
+    loaded = root.commands["user"]
     assert set(loaded.commands) == {"add", "disable", "list"}
-    assert root.get_command(None, "user") is loaded  # type: ignore[attr-defined, arg-type]
-    assert root.get_command(None, "no-such-command") is None  # type: ignore[attr-defined, arg-type]
+    assert root.get_command(None, "user") is loaded
+    assert root.get_command(None, "no-such-command") is None
 
 
 def test_every_command_is_in_the_order_and_the_order_names_only_commands() -> None:
     root = typer.main.get_command(app)
-    assert list(root.commands) == list(_Commands.order)  # type: ignore[attr-defined]
+    assert list(root.commands) == list(_Commands.order)
     assert len(set(_Commands.order)) == len(_Commands.order)
     assert set(_Commands.lazy) <= set(_Commands.order)
 
