@@ -30,7 +30,7 @@ class _Commands(LazyGroup):
             f"{_ON_BASTION}.demo:demo", "Run jit-ssh end to end on this machine, in a temporary folder, and clean up."
         ),
         "serve": Lazy(
-            f"{_ON_BASTION}.admin_cmds:serve", "Run the broker (control plane and recording proxy) until SIGTERM."
+            f"{_ON_BASTION}.serve:serve", "Run the broker (control plane and recording proxy) until SIGTERM."
         ),
         "export": Lazy(
             f"{_ON_BASTION}.review_cmds:export",

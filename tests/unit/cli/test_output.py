@@ -20,7 +20,7 @@ from jit_ssh.ca.inventory import HostEntry, UserEntry
 from jit_ssh.cli import output, views
 from jit_ssh.cli.access_cmds import _waiting_line
 from jit_ssh.cli.bastion import admin_cmds, review_cmds
-from jit_ssh.cli.bastion.admin_cmds import _JsonFormatter, _TextFormatter
+from jit_ssh.cli.bastion.serve import _JsonFormatter, _TextFormatter
 from jit_ssh.cli.output import console, error_console, print_error, step
 
 OSC52 = "\x1b]52;c;cm0gLXJmIC8K\x07"  # set the clipboard to "rm -rf /"
