@@ -161,7 +161,9 @@ class AsciicastWriter:
             cols, _, rows = size.partition("x")
             if _RESIZE.fullmatch(size) and 0 < int(cols) <= _MAX_SIZE and 0 < int(rows) <= _MAX_SIZE:
                 return self._event(frame.time, "r", size)
-            return self._event(frame.time, "m", _label(f"jit-ssh: a resize that is not a size: {size}"))
+            # Only a crafted file holds one (the broker records sizes it checked): say so, without its megabytes.
+            shown = size if len(size) <= 40 else f"{size[:40]}... ({len(frame.payload)} bytes)"
+            return self._event(frame.time, "m", _label(f"jit-ssh: a resize that is not a size: {shown}"))
         return "".join(self._event(frame.time, "m", _label(label)) for label in self._labels(frame.payload))
 
     def finish(self) -> str:

@@ -558,3 +558,22 @@ def test_the_round_trip_helper_sees_a_mismatch(workdir: Path) -> None:
     changed = layout.log[:-1] + b"d"
     assert read_whole(_file(workdir, changed))[1] != layout.expected(len(layout.log))
     assert [f.payload for f in _frames_of(_file(workdir, layout.log))] == [b"abc"]
+
+
+def test_a_crafted_resize_of_a_megabyte_exports_as_a_short_marker(workdir: Path) -> None:
+    """Found by hypothesis: a resize frame of 1 MiB of control bytes (only a crafted file holds one: the broker
+    records the sizes it checked) was quoted whole in its marker, six characters a byte, and one export of
+    13 such frames held 76 MB at once."""
+    frames = [Raw(b"r", 1.0, b"\x03" * MAX_FRAME)] * 13
+    layout = Layout.build(2, {"version": 2, "width": 80, "height": 24}, frames)
+    blob, _ = compress(layout.log, [layout.header_end, *layout.ends])
+    path = _file(workdir, blob)
+    out = io.StringIO()
+    to_asciicast(path, out)
+    events = [json.loads(line) for line in out.getvalue().splitlines()[1:]]
+    resizes = [data for _, code, data in events if "resize" in data]
+    assert len(resizes) == 13
+    assert all(code == "m" for _, code, _ in events)
+    assert all(len(data) < 400 for data in resizes), max(len(d) for d in resizes)
+    assert all(data.endswith(f"({MAX_FRAME} bytes)") for data in resizes)
+    assert peak_memory(lambda: export_whole(path)) <= SLACK + 2 * MAX_FRAME
