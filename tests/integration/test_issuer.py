@@ -109,11 +109,14 @@ def _onward(issuer: Issuer, terms: OnwardTerms | None = None) -> Certificate:
 
 
 def _host(issuer: Issuer, name: str = "prod-web-3") -> Certificate:
-    return issuer.issue_host(KEYS[1], name=name, hostnames=[name, "10.0.0.3"], validity=timedelta(days=30))
+    # At NOW, as the others: NOW is taken when the module is imported, maybe minutes before the test runs.
+    return issuer.issue_host(
+        KEYS[1], name=name, hostnames=[name, "10.0.0.3"], validity=timedelta(days=30), now=NOW.timestamp()
+    )
 
 
 def _broker(issuer: Issuer) -> Certificate:
-    return issuer.issue_broker_host(KEYS[0], hostnames=["bastion"], validity=timedelta(days=30))
+    return issuer.issue_broker_host(KEYS[0], hostnames=["bastion"], validity=timedelta(days=30), now=NOW.timestamp())
 
 
 def _counts(store: Store) -> tuple[int, int, int]:
