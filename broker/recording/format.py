@@ -25,7 +25,6 @@ from __future__ import annotations
 import asyncio
 import codecs
 import json
-import math
 import struct
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
@@ -41,6 +40,7 @@ __all__ = [
     "MAGIC",
     "MAGIC_V2",
     "MAX_FRAME",
+    "MAX_TIME",
     "Frame",
     "FrameParser",
     "RecordingFormatError",
@@ -60,6 +60,9 @@ _U32 = struct.Struct(">I")
 #: The largest payload the broker writes in one frame (larger data is split); readers accept 16 times it.
 MAX_FRAME = 1024 * 1024
 _MAX_READ_FRAME = 16 * MAX_FRAME
+#: The latest time a frame may have, in seconds from the session's start (317 years: any clock jump, never
+#: a number that overflows when a reader turns it into microseconds).
+MAX_TIME = 1e10
 #: A header holds an exec command of up to 64 KiB, escaped as JSON (six characters a control byte).
 _MAX_HEADER = 16 * 1024 * 1024
 _CODES = frozenset("oeirx")
@@ -134,7 +137,7 @@ class FrameParser:
             if end - pos - _FRAME.size < length:
                 break
             name = code.decode("latin-1")
-            if name not in _CODES or not math.isfinite(moment) or moment < 0:
+            if name not in _CODES or not 0 <= moment <= MAX_TIME:  # NaN fails both
                 raise RecordingFormatError(f"a damaged frame (code {name!r}, time {moment!r}): damaged recording")
             start = pos + _FRAME.size
             frames.append(Frame(name, moment, bytes(buffer[start : start + length])))

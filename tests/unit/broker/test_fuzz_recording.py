@@ -577,3 +577,16 @@ def test_a_crafted_resize_of_a_megabyte_exports_as_a_short_marker(workdir: Path)
     assert all(len(data) < 400 for data in resizes), max(len(d) for d in resizes)
     assert all(data.endswith(f"({MAX_FRAME} bytes)") for data in resizes)
     assert peak_memory(lambda: export_whole(path)) <= SLACK + 2 * MAX_FRAME
+
+
+@pytest.mark.parametrize("moment", [1.797693134862316e302, 1e308, 1e10 + 1, float("inf")])
+def test_a_time_no_session_can_have_is_one_format_error_for_every_reader(workdir: Path, moment: float) -> None:
+    """Found by hypothesis: a frame at 1.8e302 s passed the reader (finite, not negative) and export died
+    turning it into microseconds (OverflowError: a traceback, not an error a reviewer can read)."""
+    layout = Layout.build(2, {"version": 2, "width": 80, "height": 24}, [Raw(b"o", moment, b"x")])
+    blob, _ = compress(layout.log, [layout.header_end])
+    path = _file(workdir, blob)
+    _, _, _, error = read_whole(path)
+    assert error is not None
+    assert "damaged frame" in error
+    assert export_whole(path) == error
