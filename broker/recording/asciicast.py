@@ -58,11 +58,21 @@ class CastFormat(StrEnum):
     V3 = "v3"
 
 
+#: Characters of a label with non-printable characters escaped, one by one; past it the label is cut and
+#: says so (the recording keeps them all). Only a crafted file holds such a label: a megabyte of control
+#: bytes took seconds and tens of megabytes to escape.
+_MAX_ESCAPED_LABEL = 64 * 1024
+
+
 def _label(text: str) -> str:
     """A marker label or header text that can only be displayed: non-printable characters escaped."""
     if text.isprintable():
         return text
-    return "".join(char if char.isprintable() else json.dumps(char)[1:-1] for char in text)
+    cut = ""
+    if len(text) > _MAX_ESCAPED_LABEL:
+        cut = f"... (cut at {_MAX_ESCAPED_LABEL} of {len(text)} characters; the recording keeps them all)"
+        text = text[:_MAX_ESCAPED_LABEL]
+    return "".join(char if char.isprintable() else json.dumps(char)[1:-1] for char in text) + cut
 
 
 def _json_safe(value: Any) -> Any:

@@ -590,3 +590,19 @@ def test_a_time_no_session_can_have_is_one_format_error_for_every_reader(workdir
     assert error is not None
     assert "damaged frame" in error
     assert export_whole(path) == error
+
+
+def test_a_crafted_metadata_frame_of_control_bytes_exports_in_bounded_time_and_memory(workdir: Path) -> None:
+    """Found by hypothesis while shrinking: a metadata frame of 1 MiB of control bytes was escaped character by
+    character into a marker of 6 MiB (a million small strings held at once)."""
+    frames = [Raw(b"x", 1.0, b"\x03" * MAX_FRAME)] * 4
+    layout = Layout.build(2, {"version": 2, "width": 80, "height": 24}, frames)
+    blob, _ = compress(layout.log, [layout.header_end, *layout.ends])
+    path = _file(workdir, blob)
+    out = io.StringIO()
+    to_asciicast(path, out)
+    lines = out.getvalue().splitlines()[1:]
+    assert lines
+    assert max(len(line) for line in lines) < 7 * 64 * 1024
+    assert any("the recording keeps them all" in line for line in lines)
+    assert peak_memory(lambda: export_whole(path)) <= SLACK + EXPORT_COPIES * MAX_FRAME
